@@ -1,0 +1,82 @@
+"""Small shared helpers: reproducibility, atomic writes, the smoke switch, devices.
+
+    >>> smoke_mode()          # True when MATHLLM_SMOKE=1 (set by scripts/test.sh for nbval)
+    False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import mathllm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def smoke_mode() -> bool:
+    """The notebooks' smoke switch: ``MATHLLM_SMOKE=1`` shrinks every long step (used by CI/nbval)."""
+    return os.environ.get("MATHLLM_SMOKE", "0").strip().lower() not in ("", "0", "false", "no")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def code_version() -> dict[str, Any]:
+    """Package version plus the git commit (and whether the tree had uncommitted changes)."""
+    info: dict[str, Any] = {"mathllm": mathllm.__version__, "torch": torch.__version__}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=5,
+            )
+            info["git_dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename: never a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu. Asking for cuda without one is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was requested but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(device)
