@@ -19,9 +19,10 @@ Ids are fixed forever (checkpoints depend on them); new tokens are only ever app
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: data generation does not need it (saves ~2 s per CLI call)
+    import torch
 
 DIGITS = [str(d) for d in range(10)]
 SEED_SYMBOLS = ["+", "=", " ", "<think>", "</think>", "<end>", "<pad>"]
@@ -53,9 +54,9 @@ _SPECIAL_TOKENS = [t for t in VOCAB if len(t) > 1]
 class BatchEncoding:
     """Padded token ids and their attention mask, both ``[batch, seq]``."""
 
-    input_ids: torch.Tensor  # long, PAD_ID where padded
-    attention_mask: torch.Tensor  # long, 1 for real tokens, 0 for padding
-    lengths: torch.Tensor  # long [batch], number of real tokens per row
+    input_ids: "torch.Tensor"  # long, PAD_ID where padded
+    attention_mask: "torch.Tensor"  # long, 1 for real tokens, 0 for padding
+    lengths: "torch.Tensor"  # long [batch], number of real tokens per row
 
 
 class Tokenizer:
@@ -110,9 +111,9 @@ class Tokenizer:
         """``"3+5=8<end>"`` -> ``[3, 10, 5, 11, 8, 15]``."""
         return [TOKEN_TO_ID[t] for t in self.tokenize(text)]
 
-    def decode(self, ids: Iterable[int] | torch.Tensor, skip_pad: bool = True) -> str:
+    def decode(self, ids: Iterable[int] | "torch.Tensor", skip_pad: bool = True) -> str:
         """Inverse of ``encode``; padding is dropped unless ``skip_pad=False``."""
-        if isinstance(ids, torch.Tensor):
+        if hasattr(ids, "tolist"):  # torch.Tensor / numpy array
             ids = ids.tolist()
         out = []
         for pos, i in enumerate(ids):
@@ -124,11 +125,11 @@ class Tokenizer:
             out.append(VOCAB[i])
         return "".join(out)
 
-    def str_tokens(self, text_or_ids: str | Sequence[int] | torch.Tensor) -> list[str]:
+    def str_tokens(self, text_or_ids: str | Sequence[int] | "torch.Tensor") -> list[str]:
         """One label per token, for plot axes: ``"12+3="`` -> ``['1', '2', '+', '3', '=']``."""
         if isinstance(text_or_ids, str):
             return self.tokenize(text_or_ids)
-        if isinstance(text_or_ids, torch.Tensor):
+        if hasattr(text_or_ids, "tolist"):
             text_or_ids = text_or_ids.tolist()
         return [VOCAB[int(i)] for i in text_or_ids]
 
@@ -144,6 +145,8 @@ class Tokenizer:
         >>> enc.input_ids.tolist()[0], enc.attention_mask.tolist()[0]
         ([1, 10, 2, 11, 16, 16], [1, 1, 1, 1, 0, 0])
         """
+        import torch
+
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         encoded = [self.encode(t) for t in texts]
@@ -163,7 +166,7 @@ class Tokenizer:
         lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
         return BatchEncoding(ids, mask, lengths)
 
-    def decode_batch(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+    def decode_batch(self, ids: "torch.Tensor" | Sequence[Sequence[int]]) -> list[str]:
         return [self.decode(row) for row in ids]
 
 

@@ -10,12 +10,15 @@ import json
 import os
 import random
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import torch
 
 import numpy as np
-import torch
 
 import mathllm
 
@@ -28,6 +31,8 @@ def smoke_mode() -> bool:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -35,7 +40,9 @@ def seed_everything(seed: int) -> None:
 
 def code_version() -> dict[str, Any]:
     """Package version plus the git commit (and whether the tree had uncommitted changes)."""
-    info: dict[str, Any] = {"mathllm": mathllm.__version__, "torch": torch.__version__}
+    info: dict[str, Any] = {"mathllm": mathllm.__version__}
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
@@ -52,14 +59,19 @@ def code_version() -> dict[str, Any]:
     return info
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: never a truncated file."""
+def atomic_write_chunks(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
+    """Write to a temp file in the same directory, fsync, then rename: never a truncated file.
+
+    ``chunks`` may be a generator, so big files (a million JSON lines) are streamed, not held twice.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; these are ordinary files
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,12 +81,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write_chunks(path, [data])
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto") -> "torch.device":
     """``"auto"`` -> cuda when available, else cpu. Asking for cuda without one is a clear error."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

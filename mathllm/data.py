@@ -1,0 +1,1022 @@
+"""Addition problems with chain of thought: formats, balanced leakage-free generation, JSONL files.
+
+Three text formats for the same problem (``658+189``)::
+
+    cot       658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>
+    plain     658+189=847<end>
+    reversed  658+189=748<end>          (answer digits least significant first)
+
+Each split is a JSON Lines file with one object per problem, for example::
+
+    {"text": "12+34=<think>2+4=6 1+3=4</think>46<end>", "prompt": "12+34=", "operands": [12, 34], "answer": 46,
+     "num_digits": 2, "num_operands": 2, "num_carries": 0, "format": "cot"}
+
+(one line in the file). ``generate_dataset`` makes the splits, ``write_dataset`` writes them with a
+``meta.json``, ``load_split`` reads a split back and checks every line.
+
+How problems are drawn (``generate_dataset``):
+
+* A problem's *shape* is its operand lengths in order, e.g. ``(3, 1)`` for ``658+7``; its number of carries
+  is the number of columns whose outgoing carry is not 0. A stratum is one (shape, number of carries) pair.
+* Every stratum's number of distinct problems is counted exactly by dynamic programming over the columns.
+* Quotas: the number of operands is uniform over 2..max_operands and each operand's length uniform over
+  1..max_digits (so every shape of n operands gets an equal share); within a shape, every number of carries
+  it allows gets an equal share (Lee et al. 2023, "Teaching Arithmetic to Small Transformers": balance the
+  carries). A stratum with fewer problems than its share gives all it has and the rest goes to the shape's
+  other carry counts, or to the other shapes ("where possible": only 100 problems have shape (1, 1)).
+* Problems within a stratum are uniform: small shapes are enumerated, large ones are sampled digit column by
+  digit column from the exact conditional distribution, with top-ups until the quota of distinct problems
+  is met. Asking for more problems than exist gives all of them (logged, and ``"exhausted"`` in meta.json).
+* The problems are shuffled and cut into train/val/test, so an operand tuple lives in exactly one split.
+
+Everything is vectorised with numpy (the JSON lines too), so a million problems take a few seconds
+(``scripts/benchmark_data.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import math
+import operator
+import os
+import re
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mathllm
+from mathllm.tokenizer import TOKENIZER, VOCAB
+from mathllm.utils import atomic_write_chunks, code_version
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("cot", "plain", "reversed")
+SPLITS = ("train", "val", "test")
+FIELDS = ("text", "prompt", "operands", "answer", "num_digits", "num_operands", "num_carries", "format")
+REQUIRED_FIELDS = ("text", "operands", "answer", "num_digits", "num_operands", "num_carries", "format")
+MAX_DIGITS_LIMIT = 17  # operands and sums stay inside int64
+MAX_OPERANDS_LIMIT = 10  # column carries stay one digit
+GENERATE_COMMAND = "python scripts/generate_data.py --num-examples 100000 --max-digits 2"
+
+
+# ----------------------------------------------------------------------------------------------
+# The formats, one problem at a time (the readable reference; the vectorised writer must agree)
+# ----------------------------------------------------------------------------------------------
+
+def _check_operands(operands: Sequence[int]) -> list[int]:
+    values = [operator.index(x) for x in operands]  # ints (numpy ones too), never floats
+    if len(values) < 2:
+        raise ValueError(f"a problem needs at least 2 operands, got {list(operands)!r}")
+    if any(x < 0 for x in values):
+        raise ValueError(f"operands must be non-negative integers, got {list(operands)!r}")
+    return values
+
+
+def cot_steps(operands: Sequence[int]) -> list[str]:
+    """One step per column of the longest operand, least significant first; the carry in is the last term.
+
+    >>> cot_steps([658, 189])
+    ['8+9=17', '5+8+1=14', '6+1+1=8']
+    """
+    operands = _check_operands(operands)
+    width = max(len(str(x)) for x in operands)
+    steps, carry = [], 0
+    for column in range(width):
+        digits = [x // 10**column % 10 for x in operands]  # a digit an operand lacks is 0
+        total = sum(digits) + carry
+        terms = [str(d) for d in digits] + ([str(carry)] if carry else [])
+        steps.append("+".join(terms) + f"={total}")
+        carry = total // 10
+    return steps
+
+
+def count_carries(operands: Sequence[int]) -> int:
+    """Number of columns whose outgoing carry is not 0: ``count_carries([99, 21]) == 2``."""
+    operands = _check_operands(operands)
+    width = max(len(str(x)) for x in operands)
+    carry = carries = 0
+    for column in range(width):
+        carry = (sum(x // 10**column % 10 for x in operands) + carry) // 10
+        carries += carry > 0
+    return carries
+
+
+def format_prompt(operands: Sequence[int]) -> str:
+    """``format_prompt([658, 189]) == "658+189="``: the part of the text the model is given."""
+    return "+".join(str(x) for x in _check_operands(operands)) + "="
+
+
+def format_example(operands: Sequence[int], fmt: str = "cot") -> str:
+    """The text of one problem.
+
+    >>> format_example([99, 21])
+    '99+21=<think>9+1=10 9+2+1=12</think>120<end>'
+    >>> format_example([3, 5]), format_example([12, 34], "plain"), format_example([12, 34], "reversed")
+    ('3+5=8<end>', '12+34=46<end>', '12+34=64<end>')
+
+    cot: a two-operand problem of two one-digit numbers has no think block; the final carry appears only in
+    the answer. reversed: the answer's digits least significant first (``99+21=021<end>``).
+    """
+    operands = _check_operands(operands)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    prompt, answer = format_prompt(operands), str(sum(operands))
+    if fmt == "plain":
+        return f"{prompt}{answer}<end>"
+    if fmt == "reversed":
+        return f"{prompt}{answer[::-1]}<end>"
+    steps = cot_steps(operands)
+    if len(operands) == 2 and len(steps) == 1:
+        return f"{prompt}{answer}<end>"
+    return f"{prompt}<think>{' '.join(steps)}</think>{answer}<end>"
+
+
+def make_example(operands: Sequence[int], fmt: str = "cot") -> dict[str, Any]:
+    """The JSON object of one problem, fields in file order (see the module docstring)."""
+    operands = _check_operands(operands)
+    return {
+        "text": format_example(operands, fmt),
+        "prompt": format_prompt(operands),
+        "operands": operands,
+        "answer": sum(operands),
+        "num_digits": max(len(str(x)) for x in operands),
+        "num_operands": len(operands),
+        "num_carries": count_carries(operands),
+        "format": fmt,
+    }
+
+
+def count_tokens(text: str) -> int:
+    """Number of tokens without running the tokenizer: ``count_tokens("3+5=8<end>") == 6``."""
+    return len(_TAG.sub("#", text))
+
+
+_TAG = re.compile(r"<[^<>]*>")
+_VALID_TEXT = re.compile(
+    "(?:" + "|".join(re.escape(t) for t in VOCAB if len(t) > 1)
+    + "|[" + "".join(re.escape(t) for t in VOCAB if len(t) == 1) + "])*"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorised arithmetic on operand arrays [rows, operands] (absent operands are 0)
+# ----------------------------------------------------------------------------------------------
+
+def _num_digits(values: np.ndarray) -> np.ndarray:
+    """Decimal length of each value (0 has one digit)."""
+    values = np.asarray(values, dtype=np.int64)
+    digits = np.ones(values.shape, dtype=np.int64)
+    for k in range(1, 19):
+        above = values >= 10**k
+        if not above.any():
+            break
+        digits += above
+    return digits
+
+
+def _column_carries(operands: np.ndarray, width: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per column j < width: the column total (digits plus carry in) and the carry into it."""
+    totals, carries_in = [], []
+    carry = np.zeros(len(operands), dtype=np.int64)
+    for column in range(width):
+        carries_in.append(carry)
+        total = (operands // 10**column % 10).sum(axis=1) + carry
+        totals.append(total)
+        carry = total // 10
+    return totals, carries_in
+
+
+def _count_carries_array(operands: np.ndarray) -> np.ndarray:
+    """Vectorised ``count_carries`` for an operand array ``[rows, operands]``."""
+    lengths = _num_digits(operands.max(axis=1)) if len(operands) else np.zeros(0, dtype=np.int64)
+    width = int(lengths.max(initial=1))
+    totals, _ = _column_carries(operands, width)
+    carries = np.zeros(len(operands), dtype=np.int64)
+    for column, total in enumerate(totals):
+        carries += (total >= 10) & (column < lengths)
+    return carries
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting and drawing problems of one shape with an exact number of carries
+# ----------------------------------------------------------------------------------------------
+
+def _max_carry(num_operands: int) -> int:
+    carry = 0
+    while (9 * num_operands + carry) // 10 != carry:
+        carry = (9 * num_operands + carry) // 10
+    return carry
+
+
+def _digit_kind(length: int, column: int) -> str:
+    """What an operand of ``length`` digits holds in ``column``: "absent" (0), "leading" (1-9) or "any"."""
+    if column >= length:
+        return "absent"
+    return "leading" if column == length - 1 and length > 1 else "any"
+
+
+_ALLOWED_DIGITS = {"absent": [0], "leading": list(range(1, 10)), "any": list(range(10))}
+_ALLOWED_MASK = {kind: np.isin(np.arange(10), digits) for kind, digits in _ALLOWED_DIGITS.items()}
+
+
+@dataclass
+class _Column:
+    """The digits one column may hold, e.g. ``("leading", "any", "absent")`` for column 1 of ``47+185+3``.
+
+    ``ways_from[i][t]``: in how many ways operands i.. can have digits summing to t (``ways_from[0]`` counts
+    each column sum), which lets us draw digits with a given sum uniformly, operand by operand.
+    """
+
+    kinds: tuple[str, ...]
+    ways_from: list[np.ndarray]
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def build(kinds: tuple[str, ...]) -> "_Column":
+        ways_from = [np.zeros(9 * len(kinds) + 1) for _ in range(len(kinds) + 1)]
+        ways_from[-1][0] = 1
+        for i in reversed(range(len(kinds))):
+            for digit in _ALLOWED_DIGITS[kinds[i]]:
+                ways_from[i][digit:] += ways_from[i + 1][: len(ways_from[i]) - digit]
+        return _Column(kinds, ways_from)
+
+    def draw_digits(self, sums: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Digits ``[rows, operands]`` drawn uniformly among those adding up to ``sums``."""
+        remaining = sums.copy()
+        digits = np.zeros((len(sums), len(self.kinds)), dtype=np.int64)
+        candidates = np.arange(10)
+        for i, kind in enumerate(self.kinds):
+            if kind == "absent":
+                continue
+            if i == len(self.kinds) - 1 or all(k == "absent" for k in self.kinds[i + 1 :]):
+                digits[:, i] = remaining  # the others are fixed, so this digit is too
+                break
+            rest = remaining[:, None] - candidates  # what the later operands must add up to
+            weights = _ALLOWED_MASK[kind] * np.where(rest >= 0, self.ways_from[i + 1][np.clip(rest, 0, None)], 0)
+            digits[:, i] = _draw_index(weights, rng)
+            remaining -= digits[:, i]
+        return digits
+
+
+def _draw_index(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One index per row of ``weights`` with probability proportional to the weights."""
+    cumulative = np.cumsum(weights, axis=1)
+    u = rng.random(len(weights)) * cumulative[:, -1]
+    return np.minimum((cumulative <= u[:, None]).sum(axis=1), weights.shape[1] - 1)
+
+
+@dataclass
+class _Shape:
+    """All problems whose operands have exactly these lengths, e.g. ``(3, 1)`` for ``658+7``.
+
+    ``capacity[c]`` is the exact number of them with c carries. ``transitions[j][carry_in, carries_left, s]``
+    counts the completions of columns j.. when column j's digits sum to s (the dynamic program).
+    """
+
+    lengths: tuple[int, ...]
+    columns: list[_Column]
+    transitions: list[np.ndarray]
+    capacity: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return math.prod(10 if length == 1 else 9 * 10 ** (length - 1) for length in self.lengths)
+
+    @classmethod
+    @functools.lru_cache(maxsize=4096)
+    def build(cls, lengths: tuple[int, ...]) -> "_Shape":
+        n, width = len(lengths), max(lengths)
+        max_carry, num_sums = _max_carry(n), 9 * n + 1
+        columns = [_Column.build(tuple(_digit_kind(length, j) for length in lengths)) for j in range(width)]
+        # ways[carry_in, carries]: number of ways to fill the columns not yet visited
+        ways = np.zeros((max_carry + 1, width + 1))
+        ways[:, 0] = 1
+        totals = np.arange(num_sums)[None, :] + np.arange(max_carry + 1)[:, None]  # [carry_in, sum]
+        carry_out, carries_here = totals // 10, (totals >= 10).astype(int)
+        transitions = [np.empty(0)] * width
+        for j in reversed(range(width)):
+            shifted = np.concatenate([np.zeros((max_carry + 1, 1)), ways[:, :-1]], axis=1)  # one carry used here
+            after = np.where(carries_here[..., None] == 1, shifted[carry_out], ways[carry_out])  # [cin, s, carries]
+            weights = columns[j].ways_from[0][None, :, None] * after
+            transitions[j] = weights.transpose(0, 2, 1).copy()  # [carry_in, carries, sum]
+            ways = weights.sum(axis=1)
+        capacity = np.zeros(MAX_DIGITS_LIMIT + 1)
+        capacity[: width + 1] = np.rint(ways[0])
+        return cls(lengths, columns, transitions, capacity)
+
+    def draw(self, carries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One problem ``[len(carries), operands]`` per entry of ``carries``, uniform (with repeats) among the
+        problems of this shape with that many carries: column by column, the sum of the column's digits is
+        drawn in proportion to how many ways the remaining columns can still be completed."""
+        count = len(carries)
+        operands = np.zeros((count, len(self.lengths)), dtype=np.int64)
+        carry_in = np.zeros(count, dtype=np.int64)
+        carries_left = np.array(carries, dtype=np.int64)
+        for j, column in enumerate(self.columns):
+            sums = _draw_index(self.transitions[j][carry_in, carries_left], rng)
+            operands += column.draw_digits(sums, rng) * 10**j
+            carry_in = (sums + carry_in) // 10
+            carries_left -= carry_in > 0
+        return operands
+
+    def enumerate(self) -> np.ndarray:
+        """Every problem of this shape, ``[size, operands]``."""
+        ranges = [np.arange(10) if length == 1 else np.arange(10 ** (length - 1), 10**length)
+                  for length in self.lengths]
+        grids = np.meshgrid(*ranges, indexing="ij")
+        return np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
+
+    def keys(self, operands: np.ndarray) -> np.ndarray:
+        """One integer per problem (the operands' digits side by side) to find repeats."""
+        if sum(self.lengths) > 18:
+            return np.unique(operands, axis=0, return_inverse=True)[1].ravel()
+        keys = np.zeros(len(operands), dtype=np.int64)
+        for i, length in enumerate(self.lengths):
+            keys = keys * 10**length + operands[:, i]
+        return keys
+
+
+ENUMERATE_LIMIT = 1 << 21  # shapes with at most this many problems are enumerated instead of sampled
+
+
+def _rank_within_label(labels: np.ndarray) -> np.ndarray:
+    """For each entry, how many earlier entries have the same label: ``[2, 0, 2, 2] -> [0, 0, 1, 2]``."""
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - np.searchsorted(ordered, ordered, side="left")
+    return rank
+
+
+def _distinct_problems(shape: _Shape, quotas: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``quotas[c]`` distinct problems of ``shape`` with c carries, each set uniform among all such sets.
+
+    Returns the operands ``[quotas.sum(), operands]`` and each problem's number of carries.
+    """
+    total = int(quotas.sum())
+    if shape.size <= min(ENUMERATE_LIMIT, 16 * total):  # enumerating is about as cheap as drawing
+        every = shape.enumerate()
+        every_carries = _count_carries_array(every)
+        picked = []
+        for carries in np.flatnonzero(quotas):
+            pool = np.flatnonzero(every_carries == carries)
+            if quotas[carries] < len(pool):
+                pool = np.sort(rng.choice(pool, size=quotas[carries], replace=False))
+            picked.append(pool)
+        rows = np.concatenate(picked)
+        return every[rows], every_carries[rows]
+    # Draw with repeats, keep the first occurrences in draw order (a uniform subset), top up until enough.
+    kept = np.zeros((0, len(shape.lengths)), dtype=np.int64)
+    kept_carries = np.zeros(0, dtype=np.int64)
+    to_draw = quotas + 8 * (quotas > 0)
+    while True:
+        wanted = np.repeat(np.arange(len(quotas)), to_draw)
+        candidates = np.concatenate([kept, shape.draw(wanted, rng)])
+        labels = np.concatenate([kept_carries, wanted])
+        _, first = np.unique(shape.keys(candidates), return_index=True)
+        first.sort()
+        candidates, labels = candidates[first], labels[first]
+        keep = _rank_within_label(labels) < quotas[labels]
+        kept, kept_carries = candidates[keep], labels[keep]
+        have = np.bincount(kept_carries, minlength=len(quotas))
+        missing = quotas - have
+        if not missing.any():
+            return kept, kept_carries
+        fresh = np.maximum(1.0 - have / np.maximum(shape.capacity[: len(quotas)], 1), 0.01)  # P(not a repeat)
+        to_draw = np.where(missing > 0, (missing / fresh * 1.1).astype(np.int64) + 8, 0)
+
+
+def _fill(total: float, weights: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Split ``total`` in proportion to ``weights`` without exceeding ``capacity``; overflow goes to the rest."""
+    amounts = np.zeros_like(weights, dtype=float)
+    for _ in range(len(weights.ravel()) + 1):
+        room = capacity - amounts
+        left = total - amounts.sum()
+        open_ = (room > 1e-9) & (weights > 0)
+        if left <= 1e-9 * max(total, 1) or not open_.any():
+            break
+        share = np.where(open_, weights, 0.0)
+        amounts += np.minimum(room, left * share / share.sum()) * open_
+    return amounts
+
+
+def _fill_whole(total: int, weights: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """``_fill`` in whole numbers: floors, then one more for the largest remainders (ties: first position)."""
+    plan = _fill(total, weights, capacity)
+    whole = np.minimum(np.floor(plan + 1e-9), capacity)
+    missing = int(round(total - whole.sum()))
+    if missing > 0:
+        remainder = np.where(whole < capacity, plan - whole, -1.0)
+        whole[np.argsort(-remainder, kind="stable")[:missing]] += 1
+    return whole.astype(np.int64)
+
+
+def balanced_quotas(num_examples: int, shapes: Sequence[tuple[int, ...]], capacity: np.ndarray) -> np.ndarray:
+    """Integer quotas ``[shapes, carries]`` for the strata, never above ``capacity`` (their distinct problems).
+
+    Shares are equal at every level: each number of operands, then each shape (operand lengths) with that
+    many operands, then each number of carries that the shape allows. A group with too few problems gives
+    all it has and leaves the rest to its siblings (other carry counts of the shape, other shapes with as
+    many operands, other operand counts). Quotas add up to ``min(num_examples, capacity.sum())``.
+
+    >>> balanced_quotas(60, [(1, 1)], np.array([[55, 45]])).tolist()   # 55 problems without a carry, 45 with
+    [[30, 30]]
+    >>> balanced_quotas(100, [(1, 1)], np.array([[55, 45]])).tolist()
+    [[55, 45]]
+    """
+    capacity = np.asarray(capacity, dtype=float)
+    operand_counts = np.array([len(shape) for shape in shapes])
+    counts = np.unique(operand_counts)
+    total = int(min(num_examples, capacity.sum()))
+    per_count = _fill_whole(total, np.ones(len(counts)),
+                            np.array([capacity[operand_counts == n].sum() for n in counts]))
+    quotas = np.zeros(capacity.shape, dtype=np.int64)
+    for n, n_total in zip(counts, per_count):
+        rows = np.flatnonzero(operand_counts == n)
+        shape_totals = _fill_whole(n_total, np.ones(len(rows)), capacity[rows].sum(axis=1))
+        for row, shape_total in zip(rows, shape_totals):
+            quotas[row] = _fill_whole(shape_total, (capacity[row] > 0).astype(float), capacity[row])
+    return quotas
+
+
+def count_distinct_problems(max_digits: int, max_operands: int = 2) -> int:
+    """How many operand tuples exist: ``count_distinct_problems(2) == 10_000`` (0..99 twice)."""
+    return sum(10 ** (max_digits * n) for n in range(2, max_operands + 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering many lines at once: a byte matrix [rows, width] whose 0 bytes are dropped at the end
+# ----------------------------------------------------------------------------------------------
+
+_DROP = 0  # filler byte: the parts of fixed-width fields that a row does not use
+_TRIPLES = np.array([list(f"{i:03d}".encode()) for i in range(1000)], dtype=np.uint8)  # 7 -> "007"
+_TRIPLES_UNPADDED = np.where(  # 7 -> "\0\07": leading zeros become filler
+    (np.arange(1000)[:, None] < np.array([100, 10, 1])) & (np.array([100, 10, 1]) > 1), _DROP, _TRIPLES
+).astype(np.uint8)
+
+
+class _Lines:
+    """Build N text lines side by side, one fixed-width field (a ``[rows, width]`` byte array) at a time."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.parts: list[np.ndarray] = []
+
+    def text(self, text: str, where: np.ndarray | None = None) -> np.ndarray:
+        """The same text on every row (or only where ``where`` is True)."""
+        part = np.frombuffer(text.encode(), dtype=np.uint8)[None, :]
+        if where is None:
+            return self.add(np.broadcast_to(part, (self.rows, part.shape[1])))
+        return self.add(part * where[:, None])  # _DROP is 0
+
+    def number(self, values: np.ndarray, width: int, where: np.ndarray | None = None,
+               reverse: bool = False) -> np.ndarray:
+        """Decimal numbers in a field ``width`` wide (no leading zeros); ``reverse`` writes them backwards."""
+        values = np.asarray(values, dtype=np.int64)
+        if width == 1:
+            digits = (values + ord("0")).astype(np.uint8)[:, None]
+        elif width <= 3:  # one table lookup, no division
+            digits = _TRIPLES_UNPADDED[values][:, 3 - width :]
+        else:
+            groups, rest = [], values  # three digits per lookup, least significant group first
+            for _ in range(-(-width // 3)):
+                rest, low = np.divmod(rest, 1000)
+                groups.append(_TRIPLES[low])
+            digits = np.concatenate(groups[::-1], axis=1)[:, -width:]
+            digits[np.arange(width) < width - _num_digits(values)[:, None]] = _DROP  # leading zeros
+        if where is not None:
+            digits = digits * where[:, None]  # _DROP is 0
+        return self.add(digits[:, ::-1] if reverse else digits)
+
+    def add(self, part: np.ndarray) -> np.ndarray:
+        self.parts.append(part)
+        return part
+
+    def tobytes(self) -> bytes:
+        """Each row's bytes (fillers dropped) followed by a newline."""
+        matrix = np.concatenate(self.parts + [np.full((self.rows, 1), ord("\n"), dtype=np.uint8)], axis=1)
+        return matrix.tobytes().translate(None, bytes([_DROP]))
+
+
+def _render_text(lines: _Lines, operands: np.ndarray, num_operands: np.ndarray, fmt: str) -> list[np.ndarray]:
+    """Vectorised ``format_example``: one text per row of ``operands`` ([rows, operands], absent ones 0).
+
+    Returns the fields of the prompt (``"658"``, ``"+"``, ``"189"``, ``"="``) so that they can be reused.
+    """
+    present = [num_operands > i for i in range(operands.shape[1])]
+    lengths = _num_digits(operands.max(axis=1)) if len(operands) else np.zeros(0, dtype=np.int64)
+    width = int(lengths.max(initial=1))
+    prompt = []
+    for i in range(operands.shape[1]):
+        if i:
+            prompt.append(lines.text("+", present[i]))
+        prompt.append(lines.number(operands[:, i], width, present[i]))
+    prompt.append(lines.text("="))
+    if fmt == "cot":
+        think = ~((num_operands == 2) & (lengths == 1))
+        lines.text("<think>", think)
+        totals, carries_in = _column_carries(operands, width)
+        for column in range(width):
+            active = think & (column < lengths)
+            if column:
+                lines.text(" ", active)
+            digits = operands // 10**column % 10
+            for i in range(operands.shape[1]):
+                if i:
+                    lines.text("+", active & present[i])
+                lines.number(digits[:, i], 1, active & present[i])
+            with_carry = active & (carries_in[column] > 0)
+            lines.text("+", with_carry)
+            lines.number(carries_in[column], 1, with_carry)
+            lines.text("=", active)
+            lines.number(totals[column], 2, active)
+        lines.text("</think>", think)
+    answers = operands.sum(axis=1)
+    lines.number(answers, int(_num_digits(answers.max(initial=0))), reverse=(fmt == "reversed"))
+    lines.text("<end>")
+    return prompt
+
+
+def render_texts(operands: np.ndarray, num_operands: np.ndarray | None = None, fmt: str = "cot") -> list[str]:
+    """Vectorised ``format_example`` over an operand array ``[rows, operands]`` (0 where a row has fewer)."""
+    operands = np.asarray(operands, dtype=np.int64)
+    if num_operands is None:
+        num_operands = np.full(len(operands), operands.shape[1])
+    if len(operands) == 0:
+        return []
+    lines = _Lines(len(operands))
+    _render_text(lines, operands, np.asarray(num_operands), fmt)
+    return lines.tobytes().decode().split("\n")[:-1]
+
+
+def _render_jsonl(operands: np.ndarray, num_operands: np.ndarray, num_carries: np.ndarray, fmt: str) -> bytes:
+    """The JSON Lines of ``make_example`` for every row, byte for byte what ``json.dumps`` writes."""
+    lines = _Lines(len(operands))
+    lines.text('{"text": "')
+    prompt = _render_text(lines, operands, num_operands, fmt)
+    lines.text('", "prompt": "')
+    for part in prompt:
+        lines.add(part)
+    lines.text('", "operands": [')
+    for i, number in enumerate(prompt[0:-1:2]):  # the operand fields, without "+" and "="
+        if i:
+            lines.text(", ", num_operands > i)
+        lines.add(number)
+    answers = operands.sum(axis=1)
+    lines.text('], "answer": ')
+    lines.number(answers, int(_num_digits(answers.max(initial=0))))
+    lines.text(', "num_digits": ')
+    lines.number(_num_digits(operands.max(axis=1)), 2)
+    lines.text(', "num_operands": ')
+    lines.number(num_operands, 2)
+    lines.text(', "num_carries": ')
+    lines.number(num_carries, 2)
+    lines.text(f', "format": "{fmt}"}}')
+    return lines.tobytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits and datasets
+# ----------------------------------------------------------------------------------------------
+
+class Split(Sequence):
+    """One split as arrays; behaves like a list of example dicts (``split[0]["text"]``, ``split[:10]``).
+
+    >>> split = Split("train", np.array([[658, 189]]), np.array([2]), "cot")
+    >>> split[0]["text"]
+    '658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>'
+    """
+
+    def __init__(self, name: str, operands: np.ndarray, num_operands: np.ndarray, fmt: str = "cot"):
+        self.name = name
+        self.fmt = fmt
+        self.operands = np.asarray(operands, dtype=np.int64)  # [rows, max_operands], 0 past num_operands
+        self.num_operands = np.asarray(num_operands, dtype=np.int64)
+        self.answers = self.operands.sum(axis=1)
+        self.num_digits = _num_digits(self.operands.max(axis=1)) if len(self) else np.zeros(0, dtype=np.int64)
+        self.num_carries = _count_carries_array(self.operands)
+        self._texts: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.operands)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Split(self.name, self.operands[index], self.num_operands[index], self.fmt)
+        row = self.operands[index]
+        return make_example(row[: self.num_operands[index]].tolist(), self.fmt)
+
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, {len(self):,} examples, format={self.fmt!r})"
+
+    def operand_lists(self) -> list[list[int]]:
+        """``[[658, 189], [12, 34, 5], ...]``: each problem's operands (without the padding)."""
+        if (self.num_operands == self.operands.shape[1]).all():
+            return self.operands.tolist()
+        return [row[:n] for row, n in zip(self.operands.tolist(), self.num_operands.tolist())]
+
+    def operand_tuples(self) -> list[tuple[int, ...]]:
+        return [tuple(ops) for ops in self.operand_lists()]
+
+    @property
+    def texts(self) -> list[str]:
+        """Every example's text, rendered at once (cached)."""
+        if self._texts is None:
+            self._texts = render_texts(self.operands, self.num_operands, self.fmt)
+        return self._texts
+
+    def jsonl_chunks(self, chunk_rows: int = 1 << 13, progress: bool = False) -> Iterator[bytes]:
+        """The split's file content in pieces of ``chunk_rows`` lines (one ``make_example`` object per line)."""
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(self), chunk_rows), desc=f"writing {self.name}", disable=not progress,
+                          leave=False):
+            rows = slice(start, start + chunk_rows)
+            yield _render_jsonl(self.operands[rows], self.num_operands[rows], self.num_carries[rows], self.fmt)
+
+    def to_jsonl(self) -> bytes:
+        """The split's whole file content."""
+        return b"".join(self.jsonl_chunks())
+
+
+@dataclass
+class Dataset:
+    """What ``generate_dataset`` returns: ``dataset["train"]`` is a ``Split``; ``meta`` goes to meta.json."""
+
+    splits: dict[str, Split]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Split:
+        return self.splits[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.splits)
+
+    def items(self):
+        return self.splits.items()
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{name}={len(split):,}" for name, split in self.splits.items())
+        return f"Dataset({counts}, format={self.meta.get('arguments', {}).get('fmt')!r})"
+
+
+def _shapes(max_digits: int, max_operands: int) -> list[tuple[int, ...]]:
+    """Every tuple of operand lengths: ``_shapes(2, 2) == [(1, 1), (1, 2), (2, 1), (2, 2)]``."""
+    return [lengths for n in range(2, max_operands + 1)
+            for lengths in itertools.product(range(1, max_digits + 1), repeat=n)]
+
+
+def _check_arguments(num_examples, max_digits, max_operands, fmt, ratios) -> None:
+    if not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
+        raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
+    if not 1 <= max_digits <= MAX_DIGITS_LIMIT:
+        raise ValueError(f"max_digits must be in 1..{MAX_DIGITS_LIMIT}, got {max_digits}")
+    if not 2 <= max_operands <= MAX_OPERANDS_LIMIT:
+        raise ValueError(f"max_operands must be in 2..{MAX_OPERANDS_LIMIT}, got {max_operands}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise ValueError(f"train/val/test ratios must be >= 0 and add up to 1, got {ratios}")
+
+
+def generate_command(**arguments: Any) -> str:
+    """The CLI command that makes the same data: ``python scripts/generate_data.py --num-examples 100 ...``."""
+    flags = []
+    for name, value in arguments.items():
+        flags += [f"--{name.replace('_', '-').replace('fmt', 'format')}", str(value)]
+    return shlex.join(["python", "scripts/generate_data.py", *flags])
+
+
+def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_operands: int = 2, seed: int = 42,
+                     fmt: str = "cot", train_ratio: float = 0.8, val_ratio: float = 0.1, test_ratio: float = 0.1,
+                     progress: bool | None = None) -> Dataset:
+    """Balanced, distinct addition problems split into train/val/test (see the module docstring).
+
+    >>> ds = generate_dataset(num_examples=1000, max_digits=3, seed=0)
+    >>> ds
+    Dataset(train=800, val=100, test=100, format='cot')
+    >>> ds["train"][0]["text"]
+    '8+96=<think>8+6=14 0+9+1=10</think>104<end>'
+
+    Same arguments, same splits (byte for byte once written). ``progress=None`` shows a bar for big jobs.
+    """
+    ratios = (train_ratio, val_ratio, test_ratio)
+    _check_arguments(num_examples, max_digits, max_operands, fmt, ratios)
+    from tqdm.auto import tqdm
+
+    progress = num_examples >= 500_000 if progress is None else progress
+    rng = np.random.default_rng(seed)
+    shapes = _shapes(max_digits, max_operands)
+    tables = [_Shape.build(lengths) for lengths in shapes]
+    capacity = np.stack([t.capacity[: max_digits + 1] for t in tables])
+    available = count_distinct_problems(max_digits, max_operands)
+    exhausted = num_examples >= available
+    if exhausted:
+        logger.warning(
+            "asked for %s examples but only %s distinct problems exist with max_digits=%d, max_operands=%d: "
+            "generating all of them", f"{num_examples:,}", f"{available:,}", max_digits, max_operands)
+    quotas = capacity.astype(np.int64) if exhausted else balanced_quotas(num_examples, shapes, capacity)
+
+    operands = np.zeros((int(quotas.sum()), max_operands), dtype=np.int64)
+    num_operands = np.zeros(len(operands), dtype=np.int64)
+    expected_carries = np.zeros(len(operands), dtype=np.int64)
+    row = 0
+    for shape, shape_quotas in tqdm(list(zip(tables, quotas)), desc="sampling strata", disable=not progress):
+        if not shape_quotas.any():
+            continue
+        block, block_carries = _distinct_problems(shape, shape_quotas, rng)
+        rows = slice(row, row + len(block))
+        operands[rows, : len(shape.lengths)] = block
+        num_operands[rows] = len(shape.lengths)
+        expected_carries[rows] = block_carries
+        row += len(block)
+    if row != len(operands):
+        raise RuntimeError("internal error: a stratum gave fewer problems than its capacity said")
+
+    order = rng.permutation(len(operands))
+    operands, num_operands, expected_carries = operands[order], num_operands[order], expected_carries[order]
+    total = len(operands)
+    n_train = int(round(total * train_ratio))
+    n_val = min(int(round(total * val_ratio)), total - n_train)
+    bounds = dict(zip(SPLITS, [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, total)]))
+    splits = {name: Split(name, operands[a:b], num_operands[a:b], fmt) for name, (a, b) in bounds.items()}
+    got_carries = np.concatenate([s.num_carries for s in splits.values()])
+    if not np.array_equal(got_carries, expected_carries):
+        raise AssertionError("internal error: a drawn problem does not have its stratum's number of carries")
+
+    arguments = dict(num_examples=num_examples, max_digits=max_digits, max_operands=max_operands, seed=seed,
+                     fmt=fmt, train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio)
+    carries_hist = np.bincount(expected_carries, minlength=max_digits + 1)
+    meta = {
+        "arguments": arguments,
+        "command": generate_command(**arguments),
+        "num_examples": total,
+        "counts": {name: len(split) for name, split in splits.items()},
+        "distinct_problems_available": available,
+        "exhausted": exhausted,
+        "num_carries_counts": {str(c): int(k) for c, k in enumerate(carries_hist)},
+        "num_operands_counts": {str(n): int((num_operands == n).sum()) for n in range(2, max_operands + 1)},
+        "balancing": "equal shares for each number of operands, then each tuple of operand lengths, then each "
+                     "number of carries, capped by the distinct problems each has",
+        "fields": list(FIELDS),
+        "mathllm_version": mathllm.__version__,
+        "code_version": code_version(),
+    }
+    if exhausted:
+        meta["note"] = (f"asked for {num_examples:,} examples; all {available:,} distinct problems were generated")
+    return Dataset(splits, meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: writing and reading JSON Lines
+# ----------------------------------------------------------------------------------------------
+
+def write_dataset(dataset: Dataset, output_dir: str | os.PathLike = "data",
+                  progress: bool | None = None) -> dict[str, Path]:
+    """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` and then ``meta.json``, each atomically."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(len(s) for s in dataset.splits.values())
+    progress = total >= 500_000 if progress is None else progress
+    paths = {}
+    for name, split in dataset.splits.items():
+        paths[name] = output_dir / f"{name}.jsonl"
+        atomic_write_chunks(paths[name], split.jsonl_chunks(progress=progress))
+    meta = dict(dataset.meta, files={name: path.name for name, path in paths.items()})
+    paths["meta"] = output_dir / "meta.json"
+    atomic_write_chunks(paths["meta"], iter([(json.dumps(meta, indent=2) + "\n").encode()]))
+    return paths
+
+
+def _missing_data_message(path: Path, what: str) -> str:
+    return (f"{what} {path} does not exist. Generate the data first, e.g.\n"
+            f"    {GENERATE_COMMAND} --output-dir {path.parent if what == 'file' else path}")
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        if not path.parent.is_dir():
+            raise FileNotFoundError(_missing_data_message(path.parent, "data directory"))
+        raise FileNotFoundError(_missing_data_message(path, "file"))
+
+
+def _parse_line(line: str, where: str) -> dict[str, Any]:
+    if not line.strip():
+        raise ValueError(f"{where}: empty line (every line must be one JSON object)")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}): "
+                         f"{line.rstrip()[:120]!r}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Each line's JSON object; a line that is not one raises ``ValueError`` naming the file and line."""
+    path = Path(path)
+    _require_file(path)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            yield _parse_line(line, f"{path}:{number}")
+
+
+def _read_records(path: Path, content: bytes) -> list[dict[str, Any]]:
+    """Every line's object: the whole file goes through one ``json.loads`` call, and goes line by line only
+    to name a bad line."""
+    try:
+        lines = content.decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        line = content[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
+    if lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return []
+    try:
+        records = json.loads("[" + ",".join(lines) + "]")
+        if len(records) == len(lines) and all(type(r) is dict for r in records):
+            return records
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(lines, start=1):
+        _parse_line(line, f"{path}:{number}")  # raises at the first bad line
+    raise ValueError(f"{path}: not a JSON Lines file")
+
+
+INTEGER_FIELDS = ("answer", "num_digits", "num_operands", "num_carries")
+
+
+def _check_record(record: dict[str, Any], where: str) -> None:
+    """Everything one line needs, with a message that says what is wrong (``where`` is ``"file:line"``)."""
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; a line looks like "
+                         f"{json.dumps(make_example([12, 34]))}")
+    text, operands = record["text"], record["operands"]
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+    if not _VALID_TEXT.fullmatch(text):
+        try:
+            TOKENIZER.tokenize(text)
+        except ValueError as err:
+            raise ValueError(f"{where}: text does not tokenize: {err}") from None
+    if "=" not in text:
+        raise ValueError(f"{where}: text {text!r} has no '='")
+    if (not isinstance(operands, list) or len(operands) < 2
+            or any(type(x) is not int or x < 0 for x in operands)):
+        raise ValueError(f"{where}: 'operands' must be a list of at least 2 non-negative integers, "
+                         f"got {operands!r}")
+    if len(operands) > MAX_OPERANDS_LIMIT or max(operands) >= 10**MAX_DIGITS_LIMIT:
+        raise ValueError(f"{where}: operands {operands!r} are beyond what mathllm handles "
+                         f"({MAX_OPERANDS_LIMIT} operands of {MAX_DIGITS_LIMIT} digits)")
+    for name in INTEGER_FIELDS:
+        if type(record[name]) is not int:
+            raise ValueError(f"{where}: {name!r} must be an integer, got {record[name]!r}")
+    if record["format"] not in FORMATS:
+        raise ValueError(f"{where}: unknown format {record['format']!r}; known: {', '.join(FORMATS)}")
+
+
+def _records_look_right(records: list[dict[str, Any]]) -> bool:
+    """``_check_record`` for all records at once, column by column (fast; no message)."""
+    try:
+        texts = [r["text"] for r in records]
+        operands = [r["operands"] for r in records]
+        integers = [[r[name] for r in records] for name in INTEGER_FIELDS]
+        formats = [r["format"] for r in records]
+    except KeyError:
+        return False
+    limit = 10**MAX_DIGITS_LIMIT
+    return (all(type(t) is str and "=" in t for t in texts)
+            and all(type(o) is list and 2 <= len(o) <= MAX_OPERANDS_LIMIT for o in operands)
+            and all(type(x) is int and 0 <= x < limit for o in operands for x in o)
+            and all(type(v) is int for column in integers for v in column)
+            and all(type(f) is str and f in FORMATS for f in formats))
+
+
+def load_split(path: str | os.PathLike, check_consistency: bool = True) -> list[dict[str, Any]]:
+    """The examples of one JSONL split, as dicts in file order. Every line is checked; none is skipped.
+
+    A malformed line raises ``ValueError("data/train.jsonl:17: ...")``: bad JSON, a missing field, text that
+    does not tokenize (naming the character), and, with ``check_consistency``, a text, answer or count that
+    does not match the operands (``"12+34=47<end>"`` for ``[12, 34]``). A missing file or directory says which
+    command generates it. A file exactly as ``write_dataset`` wrote it is checked at once by writing it again
+    from its operands and comparing the bytes.
+    """
+    path = Path(path)
+    _require_file(path)
+    content = path.read_bytes()
+    records = _read_records(path, content)
+    if not records or _is_canonical(records, content, path.stem):
+        return records
+    if not _records_look_right(records):
+        for number, record in enumerate(records, start=1):
+            _check_record(record, f"{path}:{number}")
+    if check_consistency:
+        _check_consistency(records, path)
+    elif not all(_VALID_TEXT.fullmatch(r["text"]) for r in records):
+        for number, record in enumerate(records, start=1):
+            _check_record(record, f"{path}:{number}")
+    return records
+
+
+def _is_canonical(records: list[dict[str, Any]], content: bytes, name: str) -> bool:
+    """Whether ``content`` is byte for byte the file ``write_dataset`` writes for these records' operands
+    (then every field of every line is right, and the line-by-line checks can be skipped)."""
+    try:
+        fmt = records[0]["format"]
+        if fmt not in FORMATS or any(r["format"] != fmt for r in records):
+            return False
+        operand_lists = [r["operands"] for r in records]
+        num_operands = np.array([len(o) for o in operand_lists], dtype=np.int64)
+        if not 2 <= num_operands.min() <= num_operands.max() <= MAX_OPERANDS_LIMIT:
+            return False
+        operands = np.zeros((len(records), int(num_operands.max())), dtype=np.int64)
+        for n in np.unique(num_operands):
+            rows = np.flatnonzero(num_operands == n)
+            operands[rows, :n] = np.array([operand_lists[i] for i in rows.tolist()], dtype=np.int64)
+        if not 0 <= operands.min() <= operands.max() < 10**MAX_DIGITS_LIMIT:
+            return False
+        return Split(name, operands, num_operands, fmt).to_jsonl() == content
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return False
+
+
+def _check_consistency(records: list[dict[str, Any]], path: Path) -> None:
+    """Every field must be what ``make_example`` gives for the operands (checked vectorised, per format)."""
+    operand_lists = [r["operands"] for r in records]
+    num_operands = np.array([len(o) for o in operand_lists], dtype=np.int64)
+    operands = np.zeros((len(records), int(num_operands.max())), dtype=np.int64)
+    for n in np.unique(num_operands):
+        rows = np.flatnonzero(num_operands == n)
+        operands[rows, :n] = np.array([operand_lists[i] for i in rows.tolist()], dtype=np.int64)
+    split = Split(path.stem, operands, num_operands)
+
+    def first_difference(got: list, expected: list, rows: list[int]) -> int | None:
+        if got == expected:
+            return None
+        return next(row for row, a, b in zip(rows, got, expected) if a != b)
+
+    every_row = list(range(len(records)))
+    expected = {"answer": split.answers, "num_digits": split.num_digits,
+                "num_operands": num_operands, "num_carries": split.num_carries}
+    for name, values in expected.items():
+        values = values.tolist()
+        row = first_difference([r[name] for r in records], values, every_row)
+        if row is not None:
+            r = records[row]
+            raise ValueError(f"{path}:{row + 1}: {name} is {r[name]} but operands {r['operands']} give {values[row]}")
+    formats = np.array([r["format"] for r in records])
+    for fmt in np.unique(formats).tolist():
+        rows = np.flatnonzero(formats == fmt).tolist()
+        texts = render_texts(operands[rows], num_operands[rows], fmt)
+        row = first_difference([records[i]["text"] for i in rows], texts, rows)
+        if row is not None:
+            _check_record(records[row], f"{path}:{row + 1}")  # a more precise message if the line is malformed
+            text = texts[rows.index(row)]
+            raise ValueError(f"{path}:{row + 1}: text {records[row]['text']!r} does not match its operands "
+                             f"{records[row]['operands']} in format {fmt!r}; expected {text!r}")
+    prompts = [r.get("prompt") for r in records]
+    expected_prompts = [None if p is None else r["text"][: r["text"].index("=") + 1] for p, r in zip(prompts, records)]
+    row = first_difference(prompts, expected_prompts, every_row)
+    if row is not None:
+        raise ValueError(f"{path}:{row + 1}: prompt {prompts[row]!r} is not the start of the text")
+
+
+def load_meta(data_dir: str | os.PathLike = "data") -> dict[str, Any]:
+    """``data_dir/meta.json`` as written by ``write_dataset``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(_missing_data_message(data_dir, "data directory"))
+    if not (data_dir / "meta.json").is_file():
+        raise FileNotFoundError(_missing_data_message(data_dir / "meta.json", "file"))
+    return json.loads((data_dir / "meta.json").read_text())
+
+
+def describe(examples: Sequence[Mapping[str, Any]] | Split) -> dict[str, np.ndarray]:
+    """Arrays for plots: ``operand_digits`` (every operand's length), ``num_digits``, ``num_carries``,
+    ``num_operands`` and ``num_tokens`` (sequence length), for a ``Split`` or a list of example dicts."""
+    if isinstance(examples, Split):
+        present = np.arange(examples.operands.shape[1])[None, :] < examples.num_operands[:, None]
+        return {
+            "operand_digits": _num_digits(examples.operands[present]),
+            "num_digits": examples.num_digits,
+            "num_carries": examples.num_carries,
+            "num_operands": examples.num_operands,
+            "num_tokens": np.array([count_tokens(t) for t in examples.texts], dtype=np.int64),
+        }
+    return {
+        "operand_digits": np.array([len(str(x)) for ex in examples for x in ex["operands"]], dtype=np.int64),
+        "num_digits": np.array([ex["num_digits"] for ex in examples], dtype=np.int64),
+        "num_carries": np.array([ex["num_carries"] for ex in examples], dtype=np.int64),
+        "num_operands": np.array([ex["num_operands"] for ex in examples], dtype=np.int64),
+        "num_tokens": np.array([count_tokens(ex["text"]) for ex in examples], dtype=np.int64),
+    }

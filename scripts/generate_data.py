@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Generate addition problems as train/val/test JSON Lines (the seed's flags and defaults).
+
+    python scripts/generate_data.py --num-examples 100000 --max-digits 2
+    python scripts/generate_data.py --num-examples 1000000 --max-digits 3 --max-operands 3 --format plain \\
+        --output-dir data/plain3
+
+Writes OUTPUT_DIR/train.jsonl, val.jsonl, test.jsonl and meta.json. One line looks like
+    {"text": "12+34=<think>2+4=6 1+3=4</think>46<end>", "prompt": "12+34=", "operands": [12, 34], ...}
+Formats, balancing and the leakage-free split are described in mathllm/data.py.
+"""
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mathllm.cli import run_cli  # noqa: E402
+from mathllm.data import FORMATS, generate_dataset, write_dataset  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-examples", type=int, default=100_000,
+                   help="distinct problems to generate, all splits together (default: 100000)")
+    p.add_argument("--max-digits", type=int, default=2,
+                   help="each operand has 1..max-digits digits, lengths balanced (default: 2)")
+    p.add_argument("--max-operands", type=int, default=2,
+                   help="each problem has 2..max-operands operands, counts balanced (default: 2)")
+    p.add_argument("--seed", type=int, default=42, help="same seed and flags give identical files (default: 42)")
+    p.add_argument("--output-dir", default="data", help="where the .jsonl files and meta.json go (default: data)")
+    p.add_argument("--train-ratio", type=float, default=0.8, help="(default: 0.8)")
+    p.add_argument("--val-ratio", type=float, default=0.1, help="(default: 0.1)")
+    p.add_argument("--test-ratio", type=float, default=0.1, help="(default: 0.1)")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="cot",
+                   help="cot: 12+34=<think>2+4=6 1+3=4</think>46<end>; plain: 12+34=46<end>; "
+                        "reversed: 12+34=64<end> (default: cot)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors (no progress bars)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    output_dir, quiet = args.pop("output_dir"), args.pop("quiet")
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    start = time.perf_counter()
+    progress = False if quiet else None  # None: a progress bar for big jobs
+    dataset = generate_dataset(**args, progress=progress)
+    paths = write_dataset(dataset, output_dir, progress=progress)
+    seconds = time.perf_counter() - start
+    if not quiet:
+        meta = dataset.meta
+        counts = ", ".join(f"{name} {n:,}" for name, n in meta["counts"].items())
+        print(f"wrote {meta['num_examples']:,} {args['fmt']} examples ({counts}) to {Path(output_dir)}/ "
+              f"in {seconds:.1f} s")
+        carries = ", ".join(f"{c}: {n / meta['num_examples']:.0%}" for c, n in meta["num_carries_counts"].items())
+        print(f"carries per problem: {carries}")
+        print(f"first training line: {dataset['train'][0]['text']}" if len(dataset["train"]) else "")
+        print(f"metadata: {paths['meta']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
