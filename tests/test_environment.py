@@ -58,11 +58,16 @@ def test_every_imported_third_party_package_is_a_declared_dependency():
     import_names = {"transformer_lens": "transformer_lens", "ipywidgets": "ipywidgets"}
     stdlib_and_own = {"mathllm", "__future__"}
     optional = {"wandb", "circuitsvis", "playwright", "IPython", "ipykernel"}  # guarded imports / come with jupyterlab
+    import ast
+    import sys
+
     found = set()
     for path in (ROOT / "mathllm").rglob("*.py"):
-        for m in re.finditer(r"^\s*(?:from|import)\s+([a-zA-Z_][\w]*)", path.read_text(), re.M):
-            found.add(m.group(1))
-    import sys
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
 
     third_party = {n for n in found if n not in sys.stdlib_module_names and n not in stdlib_and_own | optional}
     missing = {n for n in third_party if import_names.get(n, n).lower() not in declared}
