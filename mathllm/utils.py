@@ -23,6 +23,10 @@ import numpy as np
 import mathllm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The small trained model shipped with the repository (3-digit addition, chain of thought), so that the
+# evaluation, playground and analysis notebooks run at once on a fresh clone. scripts/train_shipped_model.sh
+# regenerates it.
+SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "add3_cot"
 
 
 def smoke_mode() -> bool:

@@ -1,0 +1,661 @@
+"""Teacher-forcing trainer: loss on the completion only, zero padding, exact resume.
+
+A training example is one rendered line such as ``12+34=<think>2+4=6 1+3=4</think>46<end>``. The model
+reads all of it; the loss is taken only on the tokens after the first ``=`` (the completion, think
+block included), so the model is never asked to predict the random operands.
+
+No compute is spent on padding: examples are grouped by token length and every batch is drawn from one
+length group, so a batch is a dense ``[batch, length]`` tensor with no ``<pad>`` in it.
+
+The output directory holds::
+
+    model.safetensors, config.json     final weights (written atomically) and model config
+    checkpoint-N/                      weights, optimizer, scheduler, RNG states, step (resumable)
+    training_config.json               full TrainConfig, seed, code version, data meta
+    test_results.json                  evaluation of the final model on the test split
+    logs/training.log                  timestamped log (coloured on a terminal)
+    logs/metrics.jsonl                 one JSON object per logged step / evaluation
+
+Running the same command on the same output directory resumes from the newest checkpoint and reaches
+the same weights as an uninterrupted run. Ctrl-C saves a checkpoint and exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mathllm.tokenizer import EQUALS_ID, TOKENIZER
+from mathllm.utils import atomic_write_bytes, atomic_write_json, code_version, resolve_device, seed_everything
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; saved whole to ``training_config.json``.
+
+    Defaults are the seed's. ``scripts/train.py`` exposes each field as ``--field-name``.
+    """
+
+    model_size: str = "small"  # preset in mathllm.model.PRESETS: tiny, small, medium, large
+    positional: str | None = None  # "rotary" | "learned"; None = the preset's default
+    max_length: int = 128  # context length of the model (n_ctx); longer examples are an error
+    batch_size: int = 32  # training examples per step
+    eval_batch_size: int = 64  # batch size for evaluation
+    learning_rate: float = 1e-4  # peak learning rate after warmup
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to norms, biases, embeddings)
+    num_epochs: int = 10  # passes over the training split (ignored when max_steps is set)
+    max_steps: int | None = None  # total optimizer steps; overrides num_epochs
+    warmup_steps: int = 500  # linear warmup, then cosine decay to min_lr_ratio * learning_rate
+    min_lr_ratio: float = 0.1  # floor of the cosine decay, as a fraction of the peak
+    max_grad_norm: float = 1.0  # gradient clipping
+    data_dir: str = "data"  # directory with train.jsonl / val.jsonl / test.jsonl (scripts/generate_data.py)
+    output_dir: str = "checkpoints"  # where checkpoints, logs and the final model go
+    num_workers: int = 4  # accepted for the seed's CLI; data is pre-tokenized in memory, so unused
+    save_steps: int = 1000  # write checkpoint-N every this many steps
+    save_total_limit: int = 2  # keep only the newest this many checkpoint-N directories
+    eval_steps: int = 1000  # validate (loss + exact match on eval_examples) every this many steps
+    eval_examples: int = 512  # validation examples decoded for exact match at each evaluation
+    logging_steps: int = 100  # log loss / lr / throughput every this many steps
+    fp16: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    wandb: bool = True  # log to Weights & Biases when importable; offline with a warning when no login
+    wandb_project: str = "mathllm"
+    seed: int = 42  # seeds data order, initialisation and dropout
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    mode: str = "teacher"  # training mode; only "teacher" exists yet
+    use_gumbel: bool = False  # reserved for the "Reasoning without instructions" issue
+    gumbel_temperature: float = 1.0  # reserved for the "Reasoning without instructions" issue
+    evaluate_test: bool = True  # evaluate the final model on test.jsonl and write test_results.json
+    progress: bool = True  # show tqdm progress bars
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# Fields that may differ between an interrupted run and its resumption without changing the result.
+_RESUME_IGNORED_FIELDS = {"output_dir", "progress", "wandb", "wandb_project", "num_workers", "device",
+                          "threads", "evaluate_test", "eval_batch_size"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: tokenize once, group by length
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class LengthGroupedData:
+    """Examples tokenized and grouped by length: ``groups[L]`` is a ``[n, L]`` long tensor.
+
+    ``loss_masks[L][i, t]`` is True when target token ``t + 1`` of example ``i`` is in the completion
+    (after the first ``=``), i.e. the positions the loss is taken on.
+    """
+
+    groups: dict[int, torch.Tensor]
+    loss_masks: dict[int, torch.Tensor]
+    num_examples: int
+
+    @classmethod
+    def from_texts(cls, texts: list[str], max_length: int, source: str = "data") -> "LengthGroupedData":
+        by_length: dict[int, list[list[int]]] = {}
+        for line_no, text in enumerate(texts, 1):
+            ids = TOKENIZER.encode(text)
+            if len(ids) > max_length:
+                raise ValueError(
+                    f"{source}, example {line_no}: {len(ids)} tokens is longer than --max-length {max_length}: {text!r}"
+                )
+            if EQUALS_ID not in ids:
+                raise ValueError(f"{source}, example {line_no}: no '=' in {text!r}")
+            by_length.setdefault(len(ids), []).append(ids)
+        groups, masks = {}, {}
+        for length in sorted(by_length):
+            ids = torch.tensor(by_length[length], dtype=torch.long)
+            groups[length] = ids
+            first_eq = (ids == EQUALS_ID).int().argmax(dim=1, keepdim=True)  # [n, 1]
+            target_pos = torch.arange(1, length).unsqueeze(0)  # positions of targets ids[:, 1:]
+            masks[length] = target_pos > first_eq  # [n, L-1]
+        return cls(groups, masks, len(texts))
+
+    def num_tokens(self) -> int:
+        return sum(g.numel() for g in self.groups.values())
+
+    def epoch_batches(self, batch_size: int, epoch: int, seed: int) -> list[tuple[int, torch.Tensor]]:
+        """The deterministic batch order of one epoch: a list of (length, example indices)."""
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        batches = []
+        for length, ids in self.groups.items():
+            order = torch.randperm(len(ids), generator=gen)
+            batches.extend((length, order[i : i + batch_size]) for i in range(0, len(order), batch_size))
+        shuffle = torch.randperm(len(batches), generator=gen).tolist()
+        return [batches[i] for i in shuffle]
+
+
+def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over completion targets. logits ``[b, L-1, V]`` predict ``ids[:, 1:]``."""
+    targets = ids[:, 1:]
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    mask = loss_mask.flatten().float()
+    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def load_training_texts(data_dir: str | os.PathLike, split: str) -> list[str]:
+    """Texts of ``data_dir/split.jsonl``; a missing directory says which command makes it."""
+    from mathllm.data import load_split
+
+    path = Path(data_dir) / f"{split}.jsonl"
+    if not Path(data_dir).is_dir() or not path.is_file():
+        raise FileNotFoundError(
+            f"no {split} split at {path}. Generate the data first, e.g.\n"
+            f"    python scripts/generate_data.py --num-examples 100000 --max-digits 2 --output-dir {data_dir}"
+        )
+    return [ex["text"] for ex in load_split(path)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ----------------------------------------------------------------------------------------------
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices that are not embeddings (nanoGPT's rule, minus embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "embed" not in name and ".W_E" not in name and ".W_pos" not in name
+         else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98), eps=1e-8)
+
+
+def lr_lambda_for(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup to the peak over ``warmup_steps``, then cosine decay to ``min_lr_ratio``."""
+    warmup = min(cfg.warmup_steps, max(total_steps // 2, 1))
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return lr_lambda
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging and W&B
+# ----------------------------------------------------------------------------------------------
+
+class _ColourFormatter(logging.Formatter):
+    COLOURS = {logging.WARNING: "\033[33m", logging.ERROR: "\033[31m", logging.INFO: "\033[36m"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        colour = self.COLOURS.get(record.levelno)
+        return f"{colour}{text}\033[0m" if colour else text
+
+
+def setup_logger(output_dir: Path, console: bool = True) -> logging.Logger:
+    """Logger writing timestamped lines to ``logs/training.log`` and (coloured on a tty) to stderr."""
+    logger = logging.getLogger(f"mathllm.train.{output_dir.resolve()}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    file_handler = logging.FileHandler(output_dir / "logs" / "training.log")
+    file_handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(file_handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        formatter_cls = _ColourFormatter if sys.stderr.isatty() else logging.Formatter
+        stream.setFormatter(formatter_cls(fmt, "%H:%M:%S"))
+        logger.addHandler(stream)
+    return logger
+
+
+class WandbLogger:
+    """Logs to W&B when it can; never blocks. With no login, runs offline and warns once."""
+
+    def __init__(self, cfg: TrainConfig, output_dir: Path, logger: logging.Logger, resume_id: str | None):
+        self.run = None
+        self.run_id = resume_id
+        if not cfg.wandb:
+            return
+        try:
+            import wandb
+        except Exception:  # noqa: BLE001 - any import problem means "not available"
+            logger.warning("wandb is not installed; continuing without it (--no-wandb silences this)")
+            return
+        mode = os.environ.get("WANDB_MODE")
+        if mode is None and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
+            mode = "offline"
+            logger.warning("W&B: no login found, logging offline to %s (sync later with `wandb sync`)",
+                           output_dir / "wandb")
+        try:
+            self.run = wandb.init(
+                project=cfg.wandb_project, config=cfg.to_dict(), dir=str(output_dir), mode=mode,
+                id=resume_id, resume="allow" if resume_id else None,
+                settings=wandb.Settings(init_timeout=30, silent=True, console="off"),
+            )
+            self.run_id = self.run.id
+        except Exception as err:  # noqa: BLE001 - W&B must never stop training
+            logger.warning("W&B could not start (%s); continuing without it", str(err).splitlines()[0][:200])
+            self.run = None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            try:
+                self.run.log(metrics, step=step)
+            except Exception:  # noqa: BLE001
+                self.run = None
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _netrc_has_wandb() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def find_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those whose trainer_state.json exists), oldest first."""
+    found = []
+    if output_dir.is_dir():
+        for p in output_dir.iterdir():
+            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file():
+                try:
+                    found.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
+                except ValueError:
+                    continue
+    return sorted(found)
+
+
+def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict[str, Any],
+                    keep: int) -> Path:
+    """Write ``checkpoint-{step}/`` atomically: built in a temp directory, then renamed into place."""
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
+    atomic_write_bytes(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
+    atomic_write_bytes(tmp / "rng_state.pt", _torch_bytes(rng))
+    if scaler is not None:
+        atomic_write_bytes(tmp / "scaler.pt", _torch_bytes(scaler.state_dict()))
+    atomic_write_json(tmp / TRAINER_STATE, state)  # written last: marks the checkpoint complete
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in find_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_torch(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test_results: dict[str, Any] | None = None
+    interrupted: bool = False
+    train_seconds: float = 0.0
+
+
+def _build_model(cfg: TrainConfig, device: torch.device):
+    from mathllm.model import MathTransformer, ModelConfig
+
+    overrides: dict[str, Any] = {"n_ctx": cfg.max_length}
+    if cfg.positional is not None:
+        overrides["positional"] = cfg.positional
+    model_cfg = ModelConfig.from_preset(cfg.model_size, **overrides)
+    return MathTransformer(model_cfg).to(device)
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    diffs = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
+             if k not in _RESUME_IGNORED_FIELDS and saved.get(k) != v}
+    if diffs:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
+        raise ValueError(
+            f"cannot resume in {cfg.output_dir}: the existing run used different settings ({lines}). "
+            "Use the same settings, another --output-dir, or --overwrite."
+        )
+
+
+def train(
+    cfg: TrainConfig,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
+    console_log: bool = True,
+) -> TrainResult:
+    """Train (or resume) a model as described by ``cfg``; return the history and test results.
+
+    ``on_log`` is called with every metrics dict (training logs and evaluations), e.g. to draw live
+    curves in a notebook.
+    """
+    if cfg.use_gumbel or cfg.mode != "teacher":
+        raise NotImplementedError(
+            "only teacher forcing exists yet: --use-gumbel / --gumbel-temperature and other --mode values "
+            "are reserved for the 'Reasoning without instructions' issue"
+        )
+    output_dir = Path(cfg.output_dir)
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    logger = setup_logger(output_dir, console=console_log)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    # --- data -------------------------------------------------------------------------------
+    train_data = LengthGroupedData.from_texts(load_training_texts(cfg.data_dir, "train"), cfg.max_length,
+                                              source=str(Path(cfg.data_dir) / "train.jsonl"))
+    val_texts = load_training_texts(cfg.data_dir, "val")
+    val_data = LengthGroupedData.from_texts(val_texts, cfg.max_length, source=str(Path(cfg.data_dir) / "val.jsonl"))
+    steps_per_epoch = len(train_data.epoch_batches(cfg.batch_size, 0, cfg.seed))
+    total_steps = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.num_epochs
+    if total_steps <= 0:
+        raise ValueError(f"nothing to train: {total_steps} steps (check --max-steps / --num-epochs)")
+
+    # --- model, optimizer, schedule, precision --------------------------------------------------
+    seed_everything(cfg.seed)
+    model = _build_model(cfg, device)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_for(cfg, total_steps))
+    autocast_dtype, scaler = None, None
+    if cfg.fp16:
+        if device.type == "cuda":
+            autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if autocast_dtype == torch.float16:
+                scaler = torch.amp.GradScaler("cuda")
+        else:
+            logger.warning("--fp16 asks for mixed precision, which needs CUDA; training in fp32 on %s", device)
+
+    # --- resume -------------------------------------------------------------------------------
+    step, wandb_id = 0, None
+    history: list[dict[str, Any]] = []
+    final_state_path = output_dir / TRAINER_STATE
+    if final_state_path.is_file() and json.loads(final_state_path.read_text()).get("finished"):
+        state = json.loads(final_state_path.read_text())
+        _check_resumable(state["config"], cfg)
+        logger.info("%s already holds a finished run (%d steps); use --overwrite to train again",
+                    output_dir, state["step"])
+        results = json.loads((output_dir / "test_results.json").read_text()) if (output_dir / "test_results.json").is_file() else None
+        return TrainResult(output_dir, state["step"], _read_metrics(output_dir), results)
+    checkpoints = find_checkpoints(output_dir)
+    if checkpoints:
+        ckpt_step, ckpt = checkpoints[-1]
+        state = json.loads((ckpt / TRAINER_STATE).read_text())
+        _check_resumable(state["config"], cfg)
+        from mathllm.model import MathTransformer
+
+        loaded = MathTransformer.from_pretrained(ckpt)
+        model.load_state_dict(loaded.state_dict())
+        optimizer.load_state_dict(_load_torch(ckpt / "optimizer.pt"))
+        scheduler.load_state_dict(_load_torch(ckpt / "scheduler.pt"))
+        rng = _load_torch(ckpt / "rng_state.pt")
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if scaler is not None and (ckpt / "scaler.pt").is_file():
+            scaler.load_state_dict(_load_torch(ckpt / "scaler.pt"))
+        step, wandb_id = ckpt_step, state.get("wandb_id")
+        history = [m for m in _read_metrics(output_dir) if m["step"] <= step]
+        _write_metrics(output_dir, history)  # drop lines logged after the checkpoint we resume from
+        logger.info("resuming from %s (step %d of %d)", ckpt, step, total_steps)
+    else:
+        _write_metrics(output_dir, [])
+
+    n_params = sum(p.numel() for p in model.parameters())
+    data_meta_path = Path(cfg.data_dir) / "meta.json"
+    run_record = {
+        "config": cfg.to_dict(),
+        "model_config": model.cfg.to_dict(),
+        "num_parameters": n_params,
+        "seed": cfg.seed,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "autocast_dtype": str(autocast_dtype) if autocast_dtype else None,
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "train_examples": train_data.num_examples,
+        "train_tokens_per_epoch": train_data.num_tokens(),
+        "data_meta": json.loads(data_meta_path.read_text()) if data_meta_path.is_file() else None,
+        "code_version": code_version(),
+    }
+    atomic_write_json(output_dir / "training_config.json", run_record)
+    logger.info("model %s: %s parameters, %s; %d train examples, %d steps (%d per epoch), device %s",
+                cfg.model_size, f"{n_params:,}", model.cfg.positional, train_data.num_examples,
+                total_steps, steps_per_epoch, device)
+    if cfg.num_workers:
+        logger.info("--num-workers %d: not needed, the data is pre-tokenized in memory", cfg.num_workers)
+    wandb_logger = WandbLogger(cfg, output_dir, logger, wandb_id)
+
+    def emit(metrics: dict[str, Any]) -> None:
+        history.append(metrics)
+        _append_metrics(output_dir, metrics)
+        wandb_logger.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+        if on_log is not None:
+            on_log(metrics)
+
+    def checkpoint_state(finished: bool = False) -> dict[str, Any]:
+        return {"step": step, "epoch": step // steps_per_epoch, "config": cfg.to_dict(),
+                "wandb_id": wandb_logger.run_id, "finished": finished, "code_version": code_version()}
+
+    # --- Ctrl-C / SIGTERM: finish the current step, save, exit -----------------------------------
+    stop_requested = {"flag": False}
+
+    def request_stop(signum, frame):  # noqa: ARG001
+        if stop_requested["flag"]:
+            raise KeyboardInterrupt
+        stop_requested["flag"] = True
+
+    old_handlers = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old_handlers[sig] = signal.signal(sig, request_stop)
+        except ValueError:  # not in the main thread
+            pass
+
+    # --- loop -----------------------------------------------------------------------------------
+    model.train()
+    epoch = step // steps_per_epoch
+    batches = train_data.epoch_batches(cfg.batch_size, epoch, cfg.seed)
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    train_start = time.perf_counter()
+    interrupted = False
+    in_step = False  # a hard interrupt inside a step leaves optimizer state half-updated: don't save it
+    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        while step < total_steps:
+            if step // steps_per_epoch != epoch:
+                epoch = step // steps_per_epoch
+                batches = train_data.epoch_batches(cfg.batch_size, epoch, cfg.seed)
+            in_step = True
+            length, index = batches[step % steps_per_epoch]
+            ids = train_data.groups[length][index].to(device, non_blocking=True)
+            mask = train_data.loss_masks[length][index].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(ids[:, :-1])
+                loss = completion_loss(logits, ids, mask)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            in_step = False
+            progress.update(1)
+            window_loss += loss.item()
+            window_tokens += ids.numel()
+
+            if step % cfg.logging_steps == 0 or step == total_steps:
+                seconds = time.perf_counter() - window_start
+                n = (step - 1) % cfg.logging_steps + 1
+                metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": window_loss / n,
+                           "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                           "tokens_per_s": window_tokens / max(seconds, 1e-9),
+                           "elapsed_s": time.perf_counter() - train_start}
+                emit(metrics)
+                progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+                logger.info("step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tok/s", step, total_steps,
+                            metrics["epoch"], metrics["loss"], metrics["lr"], metrics["tokens_per_s"])
+                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+
+            if step % cfg.eval_steps == 0 or step == total_steps:
+                val = validate(model, val_data, val_texts, cfg, device)
+                model.train()
+                emit({"step": step, **val})
+                logger.info("eval step %d: val_loss %.4f val_exact_match %.4f (%d examples)", step,
+                            val["val_loss"], val["val_exact_match"], val["val_examples_decoded"])
+
+            if step % cfg.save_steps == 0 and step < total_steps:
+                save_checkpoint(output_dir, step, model, optimizer, scheduler, scaler, checkpoint_state(),
+                                cfg.save_total_limit)
+            if stop_requested["flag"]:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = True
+        if in_step:
+            logger.warning("hard interrupt inside step %d: not saving a half-updated state; run the same "
+                           "command again to resume from the newest checkpoint", step + 1)
+        else:
+            path = save_checkpoint(output_dir, step, model, optimizer, scheduler, scaler, checkpoint_state(),
+                                   cfg.save_total_limit)
+            logger.warning("interrupted at step %d: saved %s; run the same command again to resume", step, path)
+    finally:
+        progress.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    train_seconds = time.perf_counter() - train_start
+    if interrupted:
+        wandb_logger.finish()
+        return TrainResult(output_dir, step, history, None, interrupted=True, train_seconds=train_seconds)
+
+    # --- final model, test evaluation -----------------------------------------------------------------
+    model.save_pretrained(output_dir)
+    test_results = None
+    if cfg.evaluate_test:
+        from mathllm.evaluate import evaluate_checkpoint_on_split
+
+        test_results = evaluate_checkpoint_on_split(model, Path(cfg.data_dir) / "test.jsonl",
+                                                    batch_size=cfg.eval_batch_size, device=device)
+        test_results["train_seconds_this_session"] = train_seconds
+        atomic_write_json(output_dir / "test_results.json", test_results)
+        logger.info("test exact match %.4f on %d examples", test_results["exact_match"], test_results["num_examples"])
+        wandb_logger.log({f"test/{k}": v for k, v in test_results.items() if isinstance(v, (int, float))}, step)
+    atomic_write_json(output_dir / TRAINER_STATE, checkpoint_state(finished=True))
+    wandb_logger.finish()
+    logger.info("done: %s", output_dir / "model.safetensors")
+    return TrainResult(output_dir, step, history, test_results, train_seconds=train_seconds)
+
+
+@torch.inference_mode()
+def validate(model, val_data: LengthGroupedData, val_texts: list[str], cfg: TrainConfig,
+             device: torch.device) -> dict[str, Any]:
+    """Teacher-forced completion loss on the whole val split + greedy exact match on a fixed subset."""
+    from mathllm.evaluate import exact_match_texts
+
+    model.eval()
+    total, count = 0.0, 0.0
+    for length, ids in val_data.groups.items():
+        for i in range(0, len(ids), cfg.eval_batch_size):
+            batch = ids[i : i + cfg.eval_batch_size].to(device)
+            mask = val_data.loss_masks[length][i : i + cfg.eval_batch_size].to(device)
+            logits = model(batch[:, :-1])
+            n = mask.sum().item()
+            total += completion_loss(logits, batch, mask).item() * n
+            count += n
+    subset = val_texts[: cfg.eval_examples]
+    exact = exact_match_texts(model, subset, batch_size=cfg.eval_batch_size)
+    return {"val_loss": total / max(count, 1), "val_exact_match": exact, "val_examples_decoded": len(subset)}
+
+
+def _metrics_path(output_dir: Path) -> Path:
+    return output_dir / "logs" / "metrics.jsonl"
+
+
+def _read_metrics(output_dir: Path) -> list[dict[str, Any]]:
+    path = _metrics_path(output_dir)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(output_dir: Path, metrics: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(_metrics_path(output_dir), "".join(json.dumps(m) + "\n" for m in metrics).encode())
+
+
+def _append_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
+    with open(_metrics_path(output_dir), "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+
+
+def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every logged step and evaluation of a run, in order (``logs/metrics.jsonl``)."""
+    return _read_metrics(Path(output_dir))
+
+
+warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")

@@ -1,0 +1,110 @@
+"""ipywidgets for the notebooks: the arithmetic playground.
+
+    >>> # from mathllm.widgets import Playground
+    >>> # Playground(model).show()      # type 658+189= and press Enter or Run
+
+The widgets carry stable CSS classes (``mathllm-expression``, ``mathllm-run``, ``mathllm-result``,
+``mathllm-error``) so the browser test (tests/browser) can find them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import ipywidgets as widgets
+
+from mathllm.playground import ExpressionError, PlaygroundResult, run_expression
+
+
+def _figure_to_img_tag(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img alt="token probabilities" src="data:image/png;base64,{data}"/>'
+
+
+def result_html(result: PlaygroundResult) -> str:
+    """The trace, the answer and a right/wrong mark as HTML (also used by tests)."""
+    esc = html.escape
+    rows = [f"<div><b>model:</b> <code>{esc(result.full_text)}</code></div>"]
+    if result.think_steps:
+        steps = "".join(f"<li><code>{esc(s)}</code></li>" for s in result.think_steps)
+        rows.append(f"<div><b>chain of thought:</b><ol style='margin:0'>{steps}</ol></div>")
+    answer = "?" if result.model_answer is None else str(result.model_answer)
+    if result.correct is None:
+        verdict = ""
+    elif result.correct:
+        verdict = "<span style='color:#1a7f37'>✓ correct</span>"
+    else:
+        verdict = "<span style='color:#cf222e'>✗ wrong</span>"
+    truth = "" if result.true_answer is None else f" &nbsp; <b>true:</b> {result.true_answer}"
+    rows.append(f"<div><b>answer:</b> <span class='mathllm-answer'>{answer}</span>{truth} &nbsp; {verdict}</div>")
+    rows.extend(f"<div style='color:#9a6700'>note: {esc(w)}</div>" for w in result.warnings)
+    return "\n".join(rows)
+
+
+class Playground:
+    """Type an expression, see the model's chain of thought, its answer, and each token's probability."""
+
+    def __init__(self, model, temperature: float = 0.0, example: str = "658+189="):
+        self.model = model
+        self.last_result: PlaygroundResult | None = None
+        self.expression = widgets.Text(value="", placeholder=f"e.g. {example}", description="Expression:",
+                                       continuous_update=False, layout=widgets.Layout(width="320px"))
+        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05,
+                                               description="Temperature:", readout_format=".2f")
+        self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
+        self.result = widgets.HTML(value="")
+        self.error = widgets.HTML(value="")
+        self.plot = widgets.HTML(value="")
+        self.expression.add_class("mathllm-expression")
+        self.run_button.add_class("mathllm-run")
+        self.result.add_class("mathllm-result")
+        self.error.add_class("mathllm-error")
+        self.plot.add_class("mathllm-plot")
+        self.run_button.on_click(lambda _: self.run())
+        self.expression.observe(self._on_submit, names="value")
+        self.widget = widgets.VBox([
+            widgets.HBox([self.expression, self.run_button]),
+            self.temperature, self.error, self.result, self.plot,
+        ])
+
+    def _on_submit(self, change) -> None:
+        # continuous_update=False: the value changes when the user presses Enter (or leaves the box)
+        if change["new"].strip():
+            self.run()
+
+    def run(self, text: str | None = None) -> PlaygroundResult | None:
+        """Run the model on ``text`` (default: the text box) and update the widgets."""
+        from mathllm.plots import plot_token_probabilities
+
+        text = self.expression.value if text is None else text
+        try:
+            res = run_expression(self.model, text, temperature=self.temperature.value)
+        except ExpressionError as err:
+            self.error.value = f"<div style='color:#cf222e'><b>error:</b> {html.escape(str(err))}</div>"
+            self.result.value = ""
+            self.plot.value = ""
+            return None
+        self.error.value = ""
+        self.result.value = result_html(res)
+        self.plot.value = _figure_to_img_tag(plot_token_probabilities(res.tokens, res.token_probs,
+                                                                      title=res.prompt))
+        self.last_result = res
+        return res
+
+    def show(self):
+        from IPython.display import display
+
+        display(self.widget)
+        return self
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
