@@ -98,11 +98,10 @@ class Playground:
         self.last_result = res
         return res
 
-    def show(self):
+    def show(self) -> None:
         from IPython.display import display
 
         display(self.widget)
-        return self
 
     def _ipython_display_(self):
         from IPython.display import display

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone on a CPU: set up, generate 2-digit addition with 2-3 operands in the
 # chain-of-thought format, train a model, and evaluate it on the held-out test split.
+# The trainer evaluates the final model on the test split (test_results.json) and prints the report.
 # Re-running resumes training where it stopped (or reports the finished run).
 #   MATHLLM_MAIN_ARGS="--max-steps 500" bash scripts/main.sh    # extra flags for scripts/train.py
 set -euo pipefail
@@ -9,9 +10,8 @@ PY="$(bash scripts/setup.sh)"
 DATA=data/add2_ops3_cot
 RUN=checkpoints/main
 "$PY" scripts/generate_data.py --num-examples 100000 --max-digits 2 --max-operands 3 --format cot \
-    --seed 42 --output-dir "$DATA" --show 3
+    --seed 42 --output-dir "$DATA"
 # shellcheck disable=SC2086
 "$PY" scripts/train.py --data-dir "$DATA" --output-dir "$RUN" --no-wandb \
-    --model-size tiny --batch-size 64 --learning-rate 3e-3 --warmup-steps 100 --max-steps 3000 \
-    --eval-steps 500 --save-steps 500 --logging-steps 100 ${MATHLLM_MAIN_ARGS:-}
-"$PY" scripts/evaluate.py --checkpoint "$RUN" --data-dir "$DATA" --output-file "$RUN/test_results.json"
+    --model-size mini --batch-size 64 --learning-rate 2e-3 --warmup-steps 200 --max-steps 4000 \
+    --eval-steps 1000 --save-steps 500 --logging-steps 250 ${MATHLLM_MAIN_ARGS:-}
