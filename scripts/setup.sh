@@ -8,7 +8,7 @@
 #   * otherwise ./.venv. If your base python3 already has torch (for example a CUDA build), .venv is
 #     created with --system-site-packages so that torch is seen and kept; otherwise .venv is isolated.
 # torch: if `import torch` already works, it is kept. If not, the CPU build is installed first:
-#   from a local wheel when pip can find one (`pip install --no-index torch==2.13.0`), else from the
+#   from a local wheel when pip can find one (`pip install --no-deps --no-index torch==2.13.0`), else from the
 #   PyTorch CPU index. Only a machine with an NVIDIA driver (nvidia-smi) gets a CUDA build from PyPI.
 #   This matters: an unpinned `torch` requirement would otherwise pull a multi-GB CUDA build.
 set -euo pipefail
@@ -46,8 +46,13 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
     "$PY" -m pip install --quiet "torch>=2.1"
 else
     log "no torch and no GPU: installing the CPU build of torch"
-    "$PY" -m pip install --quiet --no-index "torch==2.13.0" 2>/dev/null \
-        || "$PY" -m pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    # a local CPU wheel (pip's --find-links), if this machine has one; then its dependencies as usual
+    if "$PY" -m pip install --quiet --no-deps --no-index "torch==2.13.0" 2>/dev/null; then
+        "$PY" -m pip install --quiet "torch==2.13.0"
+    else
+        "$PY" -m pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+            --extra-index-url https://pypi.org/simple
+    fi
 fi
 
 log "installing mathllm and its dependencies (pip install -e .)"
