@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mathllm.generate
-from conftest import ScriptedModel
+from model_doubles import ScriptedModel
 from mathllm.data import make_example
 from mathllm.evaluate import answer_from_completion, evaluate_examples, format_report, token_accuracy
 from mathllm.model import MathTransformer

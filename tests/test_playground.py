@@ -2,7 +2,7 @@
 
 import pytest
 from mathllm.playground import ExpressionError, parse_expression, run_expression
-from conftest import ScriptedModel
+from model_doubles import ScriptedModel
 
 
 @pytest.mark.parametrize("text, prompt, operands", [

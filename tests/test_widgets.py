@@ -1,6 +1,6 @@
 """The notebook playground widget: running an expression fills the result, bad input fills the error."""
 
-from conftest import ScriptedModel
+from model_doubles import ScriptedModel
 from mathllm.widgets import Playground
 
 

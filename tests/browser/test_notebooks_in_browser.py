@@ -2,7 +2,7 @@
 
 * ``test_playground_end_to_end``: open notebooks/04_playground.ipynb, wait for the kernel, Run → Run All
   Cells, type ``658+189=`` into the playground and press Run: the page shows the model's chain of thought
-  (``8+9=17`` ...) and the answer ``847``; ``12+a=`` + Enter shows an error message; no console errors.
+  (``8+9=17`` ...) and the answer ``847``; ``12+a=`` + Run shows an error message; no console errors.
   Saves figures/playground_browser.png.
 * ``test_notebook_renders_saved_outputs``: every other notebooks/*.ipynb, opened without running it,
   shows its saved outputs: no widget errors, no broken images, outputs present where the file has them.
@@ -68,8 +68,8 @@ def test_playground_end_to_end(nb_page, jupyter_lab):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     jh.screenshot_playground(page, SCREENSHOT)
 
-    # An invalid expression, submitted with Enter: an error message.
-    jh.submit_expression(page, "12+a=", how="enter")
+    # An invalid expression, submitted with Run: an error message.
+    jh.submit_expression(page, "12+a=", how="click")
     error = jh.wait_for_new_text(page, jh.ERROR, "")
     assert error, "no error message for 12+a="
 
