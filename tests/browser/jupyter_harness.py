@@ -464,7 +464,10 @@ def rendering_problems(page: Any, nb_path: Path) -> list[str]:
         )
     broken = page.eval_on_selector_all(
         f"{NOTEBOOK} img",
-        "imgs => imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => (i.currentSrc || i.src).slice(0, 80))",
+        # An <img> with no src at all is a renderer's placeholder (the plotly mime renderer leaves one in every
+        # figure), not a picture that failed to load; every image that names a source must load.
+        "imgs => imgs.filter(i => i.getAttribute('src'))"
+        ".filter(i => !i.complete || i.naturalWidth === 0).map(i => (i.currentSrc || i.src).slice(0, 80))",
     )
     problems += [f"broken image: {src}" for src in broken]
     cells = notebook_cells(nb_path)
