@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -153,8 +152,3 @@ def run_expression(model, text: str, temperature: float = 0.0, max_new_tokens: i
         true_answer=true_answer, correct=correct, tokens=TOKENIZER.str_tokens(ids),
         token_probs=list(probs), warnings=warnings,
     )
-
-
-def describe(result: PlaygroundResult) -> dict[str, Any]:
-    """A JSON-able summary, e.g. for logging."""
-    return {k: getattr(result, k) for k in ("full_text", "model_answer", "true_answer", "correct", "warnings")}

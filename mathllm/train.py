@@ -32,7 +32,6 @@ import shutil
 import signal
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -430,13 +429,14 @@ def train(
     step, wandb_id = 0, None
     history: list[dict[str, Any]] = []
     final_state_path = output_dir / TRAINER_STATE
-    if final_state_path.is_file() and json.loads(final_state_path.read_text()).get("finished"):
-        state = json.loads(final_state_path.read_text())
+    finished_state = json.loads(final_state_path.read_text()) if final_state_path.is_file() else {}
+    if finished_state.get("finished"):
+        state = finished_state
         _check_resumable(state["config"], cfg)
         logger.info("%s already holds a finished run (%d steps); use --overwrite to train again",
                     output_dir, state["step"])
         results = json.loads((output_dir / "test_results.json").read_text()) if (output_dir / "test_results.json").is_file() else None
-        return TrainResult(output_dir, state["step"], _read_metrics(output_dir), results)
+        return TrainResult(output_dir, state["step"], read_metrics(output_dir), results)
     checkpoints = find_checkpoints(output_dir)
     if checkpoints:
         ckpt_step, ckpt = checkpoints[-1]
@@ -455,7 +455,7 @@ def train(
         if scaler is not None and (ckpt / "scaler.pt").is_file():
             scaler.load_state_dict(_load_torch(ckpt / "scaler.pt"))
         step, wandb_id = ckpt_step, state.get("wandb_id")
-        history = [m for m in _read_metrics(output_dir) if m["step"] <= step]
+        history = [m for m in read_metrics(output_dir) if m["step"] <= step]
         _write_metrics(output_dir, history)  # drop lines logged after the checkpoint we resume from
         logger.info("resuming from %s (step %d of %d)", ckpt, step, total_steps)
     else:
@@ -637,8 +637,9 @@ def _metrics_path(output_dir: Path) -> Path:
     return output_dir / "logs" / "metrics.jsonl"
 
 
-def _read_metrics(output_dir: Path) -> list[dict[str, Any]]:
-    path = _metrics_path(output_dir)
+def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every logged step and evaluation of a run, in order (``logs/metrics.jsonl``)."""
+    path = _metrics_path(Path(output_dir))
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -651,11 +652,3 @@ def _write_metrics(output_dir: Path, metrics: list[dict[str, Any]]) -> None:
 def _append_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
     with open(_metrics_path(output_dir), "a") as f:
         f.write(json.dumps(metrics) + "\n")
-
-
-def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every logged step and evaluation of a run, in order (``logs/metrics.jsonl``)."""
-    return _read_metrics(Path(output_dir))
-
-
-warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
