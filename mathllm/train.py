@@ -56,6 +56,10 @@ class TrainConfig:
 
     model_size: str = "small"  # preset in mathllm.model.PRESETS: tiny, small, medium, large
     positional: str | None = None  # "rotary" | "learned"; None = the preset's default
+    n_layers: int | None = None  # override the preset's number of layers (None = the preset's)
+    d_model: int | None = None  # override the preset's residual width
+    n_heads: int | None = None  # override the preset's number of attention heads
+    d_mlp: int | None = None  # override the preset's MLP width
     max_length: int = 128  # context length of the model (n_ctx); longer examples are an error
     batch_size: int = 32  # training examples per step
     eval_batch_size: int = 64  # batch size for evaluation
@@ -83,6 +87,7 @@ class TrainConfig:
     mode: str = "teacher"  # training mode; only "teacher" exists yet
     use_gumbel: bool = False  # reserved for the "Reasoning without instructions" issue
     gumbel_temperature: float = 1.0  # reserved for the "Reasoning without instructions" issue
+    operand_balance: float = 0.0  # oversample rare operand counts: repeat ~(largest/count)**this; 1 = equal shares
     evaluate_test: bool = True  # evaluate the final model on test.jsonl and write test_results.json
     progress: bool = True  # show tqdm progress bars
 
@@ -118,10 +123,18 @@ class LengthGroupedData:
     groups: dict[int, torch.Tensor]
     loss_masks: dict[int, torch.Tensor]
     num_examples: int
+    # repeats[L][i]: how often example i of length L appears in one epoch (None = once each)
+    repeats: dict[int, torch.Tensor] | None = None
 
     @classmethod
-    def from_texts(cls, texts: list[str], max_length: int, source: str = "data") -> "LengthGroupedData":
+    def from_texts(cls, texts: list[str], max_length: int, source: str = "data",
+                   operand_balance: float = 0.0) -> "LengthGroupedData":
+        """``operand_balance`` p: an operand count (``12+3=`` has 2, ``1+2+3=`` 3) with k times fewer
+        examples than the most common one is repeated ``round(k ** p)`` times per epoch: 0 = as generated,
+        1 = equal shares, 0.5 = in between (2-digit, 2-3 operands: 9% two-operand problems becomes 24%).
+        """
         by_length: dict[int, list[list[int]]] = {}
+        operands_by_length: dict[int, list[int]] = {}
         for line_no, text in enumerate(texts, 1):
             ids = TOKENIZER.encode(text)
             if len(ids) > max_length:
@@ -131,6 +144,8 @@ class LengthGroupedData:
             if EQUALS_ID not in ids:
                 raise ValueError(f"{source}, example {line_no}: no '=' in {text!r}")
             by_length.setdefault(len(ids), []).append(ids)
+            prompt = text.split("=", 1)[0]
+            operands_by_length.setdefault(len(ids), []).append(1 + sum(prompt.count(op) for op in "+-*"))
         groups, masks = {}, {}
         for length in sorted(by_length):
             ids = torch.tensor(by_length[length], dtype=torch.long)
@@ -138,7 +153,17 @@ class LengthGroupedData:
             first_eq = (ids == EQUALS_ID).int().argmax(dim=1, keepdim=True)  # [n, 1]
             target_pos = torch.arange(1, length).unsqueeze(0)  # positions of targets ids[:, 1:]
             masks[length] = target_pos > first_eq  # [n, L-1]
-        return cls(groups, masks, len(texts))
+        repeats = None
+        if operand_balance:
+            counts: dict[int, int] = {}
+            for ops in operands_by_length.values():
+                for k in ops:
+                    counts[k] = counts.get(k, 0) + 1
+            largest = max(counts.values())
+            repeats = {length: torch.tensor([round((largest / counts[k]) ** operand_balance) for k in ops])
+                       for length, ops in operands_by_length.items()}
+            repeats = {length: repeats[length] for length in groups}
+        return cls(groups, masks, len(texts), repeats)
 
     def num_tokens(self) -> int:
         return sum(g.numel() for g in self.groups.values())
@@ -148,7 +173,11 @@ class LengthGroupedData:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         batches = []
         for length, ids in self.groups.items():
-            order = torch.randperm(len(ids), generator=gen)
+            if self.repeats is None:
+                order = torch.randperm(len(ids), generator=gen)
+            else:
+                pool = torch.arange(len(ids)).repeat_interleave(self.repeats[length])
+                order = pool[torch.randperm(len(pool), generator=gen)]
             batches.extend((length, order[i : i + batch_size]) for i in range(0, len(order), batch_size))
         shuffle = torch.randperm(len(batches), generator=gen).tolist()
         return [batches[i] for i in shuffle]
@@ -188,7 +217,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
         (decay if p.dim() >= 2 and "embed" not in name and ".W_E" not in name and ".W_pos" not in name
          else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98), eps=1e-8)
+    # fused: one kernel per step instead of a loop over parameters (~4x faster optimizer step on CPU)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98), eps=1e-8, fused=True)
 
 
 def lr_lambda_for(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -359,8 +389,9 @@ def _build_model(cfg: TrainConfig, device: torch.device):
     from mathllm.model import MathTransformer, ModelConfig
 
     overrides: dict[str, Any] = {"n_ctx": cfg.max_length}
-    if cfg.positional is not None:
-        overrides["positional"] = cfg.positional
+    for name in ("positional", "n_layers", "d_model", "n_heads", "d_mlp"):
+        if getattr(cfg, name) is not None:
+            overrides[name] = getattr(cfg, name)
     model_cfg = ModelConfig.from_preset(cfg.model_size, **overrides)
     return MathTransformer(model_cfg).to(device)
 
@@ -403,6 +434,7 @@ def train(
 
     # --- data -------------------------------------------------------------------------------
     train_data = LengthGroupedData.from_texts(load_training_texts(cfg.data_dir, "train"), cfg.max_length,
+                                              operand_balance=cfg.operand_balance,
                                               source=str(Path(cfg.data_dir) / "train.jsonl"))
     val_texts = load_training_texts(cfg.data_dir, "val")
     val_data = LengthGroupedData.from_texts(val_texts, cfg.max_length, source=str(Path(cfg.data_dir) / "val.jsonl"))
