@@ -59,11 +59,27 @@ def _format_of(example: dict[str, Any]) -> str:
 
 
 @torch.inference_mode()
-def generate_completions(model, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy completions (the text after each prompt, up to and including ``<end>``)."""
-    from mathllm.generate import generate
+def generate_completions(model, prompts: list[str], max_new_tokens: int, batch_size: int = 64,
+                         references: list[str] | None = None) -> list[str]:
+    """Greedy completions (the text after each prompt, up to and including ``<end>``).
 
-    return generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+    ``references`` (the true completions) only make it faster: each is verified in one teacher-forced pass
+    and decoding resumes at the first token where greedy decoding disagrees (``generate(drafts=...)``), so
+    the result is plain greedy decoding's. Without them every token is decoded one step at a time.
+
+    A model trained in another mode (``model.training_meta``) is run the way that mode is used
+    (``mathllm.modes.generate_for_mode``: pauses appended, a gumbel model's own think tokens); the references
+    are then not used.
+    """
+    from mathllm.generate import generate
+    from mathllm.modes import generate_for_mode, mode_settings
+
+    settings = mode_settings(model)
+    if settings.mode != "teacher":
+        return generate_for_mode(model, prompts, settings, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    return generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
+                    drafts=references)
 
 
 def exact_match_texts(model, texts: list[str], batch_size: int = 64) -> float:
@@ -81,17 +97,29 @@ def exact_match_texts(model, texts: list[str], batch_size: int = 64) -> float:
 
 
 @torch.inference_mode()
-def token_accuracy(model, texts: list[str], batch_size: int = 64) -> float:
-    """Teacher-forced argmax accuracy on completion tokens (after the first '=', think included)."""
+def token_accuracy(model, texts: list[str], batch_size: int = 64, answer_only: bool = False) -> float:
+    """Teacher-forced argmax accuracy on completion tokens (after the first '=', think included).
+
+    ``answer_only``: score only the tokens after the think block (after ``</think>``, or after ``=`` when
+    there is none), never ``<pause>`` (for modes whose think tokens are not targets).
+    """
+    from mathllm.tokenizer import END_THINK_ID, PAUSE_ID
     from mathllm.train import LengthGroupedData
 
     device = next(model.parameters()).device
     data = LengthGroupedData.from_texts(texts, max_length=model.cfg.n_ctx)
     right = total = 0
     for length, ids in data.groups.items():
+        if answer_only:
+            has_think = (ids == END_THINK_ID).any(1, keepdim=True)
+            end_think = (ids == END_THINK_ID).int().argmax(1, keepdim=True)
+            start = torch.where(has_think, end_think, (ids == TOKENIZER.token_to_id["="]).int().argmax(1, keepdim=True))
+            masks = (torch.arange(1, length)[None, :] > start) & (ids[:, 1:] != PAUSE_ID)
+        else:
+            masks = data.loss_masks[length]
         for i in range(0, len(ids), batch_size):
             batch = ids[i : i + batch_size].to(device)
-            mask = data.loss_masks[length][i : i + batch_size].to(device)
+            mask = masks[i : i + batch_size].to(device)
             pred = model(batch[:, :-1]).argmax(-1)
             right += ((pred == batch[:, 1:]) & mask).sum().item()
             total += mask.sum().item()
@@ -100,7 +128,16 @@ def token_accuracy(model, texts: list[str], batch_size: int = 64) -> float:
 
 def evaluate_examples(model, examples: list[dict[str, Any]], batch_size: int = 64,
                       max_new_tokens: int | None = None, keep_failures: int = 20) -> dict[str, Any]:
-    """All metrics for a list of examples as read by ``mathllm.data.load_split``."""
+    """All metrics for a list of examples as read by ``mathllm.data.load_split``.
+
+    For a model of another training mode (``mathllm.modes``) think exact is None unless the mode writes the
+    human trace (teacher, internalize), and token accuracy is taken in the mode's own format (answer-only:
+    the answer; pause: the answer after the pauses; gumbel: the answer after the model's own think tokens;
+    internalize: the fully internalized line).
+    """
+    from mathllm.modes import mode_settings
+
+    settings = mode_settings(model)
     model.eval()
     texts = [ex["text"] for ex in examples]
     prompts, completions = zip(*(_prompt_and_completion(t) for t in texts)) if texts else ((), ())
@@ -111,7 +148,7 @@ def evaluate_examples(model, examples: list[dict[str, Any]], batch_size: int = 6
     max_new_tokens = max(1, min(max_new_tokens, prompt_room))
 
     start = time.perf_counter()
-    generated = generate_completions(model, list(prompts), max_new_tokens, batch_size)
+    generated = generate_completions(model, list(prompts), max_new_tokens, batch_size, references=list(completions))
     gen_seconds = time.perf_counter() - start
 
     buckets: dict[str, dict[Any, list[int]]] = {k: defaultdict(lambda: [0, 0]) for k in
@@ -139,14 +176,31 @@ def evaluate_examples(model, examples: list[dict[str, Any]], batch_size: int = 6
     return {
         "num_examples": n,
         "exact_match": right / n if n else float("nan"),
-        "think_exact": think_right / think_total if think_total else None,
+        "mode": settings.mode,
+        "think_exact": think_right / think_total if think_total and settings.writes_human_trace else None,
         "num_with_think": think_total,
-        "token_accuracy": token_accuracy(model, texts, batch_size) if texts else float("nan"),
+        "token_accuracy": _mode_token_accuracy(model, texts, generated, settings, batch_size) if texts else float("nan"),
         **{key: {str(k): {"exact_match": v[0] / v[1], "count": v[1]} for k, v in sorted(table.items())}
            for key, table in buckets.items()},
         "examples_per_s": n / gen_seconds if gen_seconds > 0 else None,
         "failures": failures,
     }
+
+
+def _mode_token_accuracy(model, texts: list[str], generated: list[str], settings, batch_size: int) -> float:
+    """``token_accuracy`` in the format the model's mode trains on (see ``evaluate_examples``)."""
+    from mathllm.modes import mode_texts, split_text
+
+    if settings.mode == "teacher":
+        return token_accuracy(model, texts, batch_size)
+    if settings.mode == "gumbel":
+        lines = []
+        for text, got in zip(texts, generated):
+            prompt, _, answer = split_text(text)
+            think = got[: got.index("</think>") + len("</think>")] if got.startswith("<think>") and "</think>" in got else ""
+            lines.append(prompt + think + answer)
+        return token_accuracy(model, lines, batch_size, answer_only=True)
+    return token_accuracy(model, mode_texts(texts, settings), batch_size, answer_only=settings.mode == "pause")
 
 
 def evaluate_checkpoint_on_split(model, path: str | os.PathLike, batch_size: int = 64,
@@ -175,6 +229,11 @@ def load_model(checkpoint: str | os.PathLike, model_size: str | None = None, dev
 
     model = MathTransformer.from_pretrained(checkpoint, model_size=model_size)
     run_record = training_record(checkpoint)
+    if run_record is None:  # a lone model.safetensors still names its training mode in its metadata
+        from mathllm.modes import read_mode_metadata
+
+        mode = read_mode_metadata(checkpoint)
+        run_record = {"config": mode} if mode else None
     model.training_meta = run_record
     return model.to(resolve_device(device)).eval()
 
@@ -207,6 +266,7 @@ def dataset_for_checkpoint(checkpoint: str | os.PathLike):
 def format_report(results: dict[str, Any]) -> str:
     """A short human-readable table of ``evaluate_examples`` results."""
     lines = [
+        *([f"mode            {results['mode']}"] if results.get("mode", "teacher") != "teacher" else []),
         f"examples        {results['num_examples']}",
         f"exact match     {results['exact_match']:.4f}",
         f"token accuracy  {results['token_accuracy']:.4f}  (teacher forcing, completion tokens incl. think)",

@@ -13,5 +13,5 @@ RUN=checkpoints/main
     --seed 42 --output-dir "$DATA"
 # shellcheck disable=SC2086
 "$PY" scripts/train.py --data-dir "$DATA" --output-dir "$RUN" --no-wandb \
-    --model-size mini --batch-size 64 --learning-rate 2e-3 --warmup-steps 200 --max-steps 4000 \
-    --eval-steps 1000 --save-steps 500 --logging-steps 250 ${MATHLLM_MAIN_ARGS:-}
+    --model-size tiny --n-heads 8 --operand-balance 0.5 --batch-size 64 --learning-rate 3e-3 --warmup-steps 200 \
+    --min-lr-ratio 0 --max-steps 7500 --eval-steps 1000 --save-steps 500 --logging-steps 250 ${MATHLLM_MAIN_ARGS:-}
