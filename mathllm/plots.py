@@ -5,7 +5,7 @@ One section per topic, in notebook order; add a new section at the end rather th
     >>> fig = plot_data_distributions(dataset)            # plotly, shown inline with fig.show()
     >>> save_data_distributions_png(dataset)              # figures/01_data_distributions.png
 
-Sections: data (notebook 01), training (02), evaluation (03), playground (04).
+Sections: data (notebook 01), training (02), evaluation (03), playground (04), interpretability (05-07).
 """
 
 from __future__ import annotations
@@ -299,8 +299,483 @@ def plot_token_probabilities(tokens: Sequence[str], probs: Sequence[float], titl
     return fig
 
 
+# ----------------------------------------------------------------------------------------------
+# Interpretability (notebooks 05-07): attention maps, probes, logit lens, patching, faithfulness.
+# The numbers come from mathllm.interp; these functions only draw them.
+# ----------------------------------------------------------------------------------------------
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _short(label: str) -> str:
+    return label.replace("<think>", "<th>").replace("</think>", "</th>")
+
+
+def plot_attention_heads(att, title: str | None = None, zmax: float = 1.0):
+    """Plotly summary view: every layer (rows) and head (columns) of an ``AttentionPatterns``; hover a cell for
+    the query, the key and the weight. Queries run down, keys across."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    L, H = att.pattern.shape[:2]
+    labels = [_short(x) for x in att.labels]
+    fig = make_subplots(rows=L, cols=H, subplot_titles=[f"head {l}.{h}" for l in range(L) for h in range(H)],
+                        horizontal_spacing=0.02, vertical_spacing=0.04)
+    for l in range(L):
+        for h in range(H):
+            fig.add_trace(go.Heatmap(z=np.round(att.pattern[l, h], 3), x=labels, y=labels, zmin=0, zmax=zmax,
+                                     colorscale="Blues", showscale=(l == 0 and h == 0),
+                                     hovertemplate=f"head {l}.{h}<br>query %{{y}}<br>key %{{x}}<br>"
+                                                   "weight %{z:.3f}<extra></extra>"),
+                          row=l + 1, col=h + 1)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    what = f"mean over {att.num_examples} problems like {att.text}" if att.num_examples > 1 else att.text
+    fig.update_layout(height=230 * L + 80, width=230 * H + 120, title=title or f"Attention, every head: {what}",
+                      margin=dict(t=90, l=30, r=30, b=30))
+    return fig
+
+
+def plot_attention_head(att, layer: int, head: int, title: str | None = None):
+    """Plotly per-head view: one head's pattern with the tokens (and their kinds) on both axes."""
+    import plotly.graph_objects as go
+
+    labels = [_short(x) for x in att.labels]
+    fig = go.Figure(go.Heatmap(z=np.round(att.pattern[layer, head], 3), x=labels, y=labels, zmin=0, zmax=1,
+                               colorscale="Blues", colorbar=dict(title="weight"),
+                               hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="query (the position that writes the next token)",
+                     tickfont=dict(size=9))
+    fig.update_xaxes(title_text="key", tickangle=-90, tickfont=dict(size=9))
+    fig.update_layout(height=700, width=760, title=title or f"head {layer}.{head}")
+    return fig
+
+
+def save_attention_heads_png(att, path: str | Path = FIGURES_DIR / "05_attention_heads.png",
+                             title: str | None = None) -> Path:
+    """Matplotlib version of ``plot_attention_heads`` with the token labels on the outer axes."""
+    from matplotlib.figure import Figure
+
+    L, H = att.pattern.shape[:2]
+    labels = [_short(x) for x in att.labels]
+    P = len(labels)
+    fig = Figure(figsize=(3.3 * H + 1.2, 3.3 * L + 0.8), dpi=110, layout="constrained")
+    axes = np.atleast_2d(fig.subplots(L, H))
+    for l in range(L):
+        for h in range(H):
+            ax = axes[l, h]
+            ax.imshow(att.pattern[l, h], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"head {l}.{h}", fontsize=9)
+            ax.set_xticks(range(P))
+            ax.set_yticks(range(P))
+            ax.set_xticklabels(labels if l == L - 1 else [], rotation=90, fontsize=4.5)
+            ax.set_yticklabels(labels if h == 0 else [], fontsize=4.5)
+            ax.tick_params(length=0)
+    what = f"mean over {att.num_examples} problems like {att.text}" if att.num_examples > 1 else att.text
+    fig.suptitle(title or f"Attention (query down, key across): {what}", fontsize=10)
+    return _save(fig, path)
+
+
+def _probe_text(results, q: int) -> list[list[str]]:
+    ok = results.meaningful()[q]
+    acc = results.accuracy[q]
+    return [["" if np.isnan(a) else (f"{100 * a:.0f}" if good else f"({100 * a:.0f})") for a, good in zip(row, oks)]
+            for row, oks in zip(acc, ok)]
+
+
+def plot_probe_accuracy(results, quantities: Sequence[str] | None = None, title: str | None = None):
+    """Plotly heatmap of held-out probe accuracy, stream (rows) x position kind (columns), one quantity at a time
+    (the menu switches). Hover shows the shuffled-label control, the majority baseline and the test size;
+    numbers in parentheses do not beat those baselines clearly (``ProbeResults.meaningful``)."""
+    import plotly.graph_objects as go
+
+    from mathllm.interp.positions import describe_quantity
+
+    names = list(results.quantities) if quantities is None else list(quantities)
+    fig = go.Figure()
+    n_test = np.broadcast_to(results.n_test[None, :], results.accuracy.shape[1:])
+    for i, name in enumerate(names):
+        q = results.quantities.index(name)
+        custom = np.stack([np.round(results.control[q], 3), np.round(results.majority[q], 3), n_test], axis=-1)
+        fig.add_trace(go.Heatmap(
+            z=np.round(results.accuracy[q], 3), x=[_short(k) for k in results.kinds], y=results.streams,
+            zmin=0, zmax=1, colorscale="Viridis", visible=(i == 0), text=_probe_text(results, q),
+            texttemplate="%{text}", textfont=dict(size=8), customdata=custom, colorbar=dict(title="held-out"),
+            hovertemplate=(f"{name}<br>%{{y}} @ %{{x}}<br>held-out %{{z:.1%}}<br>shuffled-label control "
+                           "%{customdata[0]:.1%}<br>majority class %{customdata[1]:.1%}<br>n test "
+                           "%{customdata[2]}<extra></extra>")))
+    buttons = [dict(label=name, method="update",
+                    args=[{"visible": [j == i for j in range(len(names))]},
+                          {"title": f"{title or 'Probe accuracy'}: {name} ({describe_quantity(name)})"}])
+               for i, name in enumerate(names)]
+    fig.update_layout(
+        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.18, yanchor="top")],
+        title=f"{title or 'Probe accuracy'}: {names[0]} ({describe_quantity(names[0])})",
+        height=360, width=1100, margin=dict(t=90, b=80))
+    fig.update_yaxes(autorange="reversed", title_text="residual stream")
+    fig.update_xaxes(tickangle=-90, tickfont=dict(size=9), title_text="position kind")
+    return fig
+
+
+def save_probe_accuracy_png(results, quantities: Sequence[str],
+                            path: str | Path = FIGURES_DIR / "06_probe_accuracy.png", title: str | None = None) -> Path:
+    """One panel per quantity: held-out accuracy (%) per stream x position kind; grey, in parentheses: cells
+    that do not beat the shuffled-label control and the majority class clearly."""
+    from matplotlib.figure import Figure
+
+    from mathllm.interp.positions import describe_quantity
+
+    K, S = len(results.kinds), len(results.streams)
+    fig = Figure(figsize=(max(10.0, 0.33 * K + 2), 1.3 + (0.32 * S + 0.75) * len(quantities)), dpi=110,
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(quantities), 1))
+    for ax, name in zip(axes, quantities):
+        q = results.quantities.index(name)
+        acc = results.accuracy[q]
+        image = ax.imshow(np.ma.masked_invalid(acc), cmap="viridis", vmin=0, vmax=1, aspect="auto",
+                          interpolation="nearest")
+        good = results.meaningful()[q]
+        for (s, k), a in np.ndenumerate(acc):
+            if not np.isnan(a):
+                ax.text(k, s, f"{100 * a:.0f}" if good[s, k] else f"({100 * a:.0f})", ha="center", va="center",
+                        fontsize=5.5, color=("black" if a > 0.6 else "white") if good[s, k] else "#bbbbbb")
+        ax.set_yticks(range(S))
+        ax.set_yticklabels(results.streams, fontsize=7)
+        ax.set_xticks(range(K))
+        ax.set_xticklabels([_short(k) for k in results.kinds] if ax is axes[-1] else [], rotation=90, fontsize=7)
+        ax.set_title(f"{name}: {describe_quantity(name)}", fontsize=9, loc="left")
+    fig.colorbar(image, ax=list(axes), shrink=0.6, label="held-out accuracy")
+    fig.suptitle(title or "Linear probes: held-out accuracy by residual stream x position "
+                          "(in parentheses: not above the shuffled-label control / majority class)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_logit_lens(lens, title: str | None = None):
+    """Plotly: for every stream (rows) and position (columns), the lens's top next token (text) coloured by the
+    probability the stream gives the token that really comes next."""
+    import plotly.graph_objects as go
+
+    top, top_p = lens.top_tokens(), lens.top_probs()
+    custom = np.stack([top.astype(str), np.round(top_p, 3).astype(str)], axis=-1)
+    fig = go.Figure(go.Heatmap(
+        z=np.round(lens.target_probs(), 3), x=[_short(x) for x in lens.labels], y=lens.streams, zmin=0, zmax=1,
+        colorscale="Viridis", text=[[_short(t) for t in row] for row in top], texttemplate="%{text}",
+        textfont=dict(size=9), customdata=custom, colorbar=dict(title="p(true next)"),
+        hovertemplate="%{y} @ %{x}<br>top next token %{customdata[0]} (p=%{customdata[1]})<br>"
+                      "p(true next token) %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="residual stream")
+    fig.update_xaxes(tickangle=-90, tickfont=dict(size=9))
+    fig.update_layout(height=360, width=1100, title=title or f"Logit lens: {lens.text}")
+    return fig
+
+
+def save_logit_lens_png(lens, path: str | Path = FIGURES_DIR / "06_logit_lens.png", title: str | None = None) -> Path:
+    from matplotlib.figure import Figure
+
+    probs = lens.target_probs()
+    top = lens.top_tokens()
+    S, P = probs.shape
+    fig = Figure(figsize=(max(10.0, 0.32 * P + 2), 0.45 * S + 2.2), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(probs), cmap="viridis", vmin=0, vmax=1, aspect="auto",
+                      interpolation="nearest")
+    for (s, p), token in np.ndenumerate(top):
+        value = probs[s, p]
+        ax.text(p, s, _short(token).replace(" ", "␣"), ha="center", va="center", fontsize=6,
+                color="black" if (not np.isnan(value) and value > 0.6) else "white")
+    ax.set_yticks(range(S))
+    ax.set_yticklabels(lens.streams, fontsize=8)
+    ax.set_xticks(range(P))
+    ax.set_xticklabels([_short(x) for x in lens.labels], rotation=90, fontsize=6.5)
+    ax.set_ylabel("residual stream")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="p(true next token)")
+    ax.set_title(title or f"Logit lens (text: each stream's top next token): {lens.text}", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_lens_accuracy(acc, title: str = "Logit lens over many problems: top-1 accuracy on the next token"):
+    """Plotly heatmap: stream x position kind, share of problems where the stream's lens predicts the next token."""
+    import plotly.graph_objects as go
+
+    count = np.broadcast_to(acc.count[None, :], acc.accuracy.shape)
+    fig = go.Figure(go.Heatmap(
+        z=np.round(acc.accuracy, 3), x=[_short(k) for k in acc.kinds], y=acc.streams, zmin=0, zmax=1,
+        colorscale="Viridis", customdata=count, texttemplate="%{z:.0%}", textfont=dict(size=8),
+        hovertemplate="%{y} @ %{x}<br>lens top-1 = next token: %{z:.1%} of %{customdata}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="residual stream")
+    fig.update_xaxes(tickangle=-90, tickfont=dict(size=9), title_text="position kind (predicting the next token)")
+    fig.update_layout(height=340, width=1100, title=title)
+    return fig
+
+
+_PATCH_COMPONENTS = ("residual stream (resid_pre)", "attention output", "MLP output")
+
+
+def plot_patching(result, title: str | None = None):
+    """Plotly heatmap of a ``PatchingResult`` (0 = as corrupted, 1 = clean restored): layer x position for
+    residual sweeps, component panels for ``patch_blocks``, layer x head for ``patch_heads``."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    values = result.values.numpy()
+    labels = [_short(x) for x in result.pairs.labels]
+    common = dict(zmin=-1, zmax=1, zmid=0, colorscale="RdBu")
+    title = title or result.pairs.description
+    if result.axis_names == ["layer", "head"]:
+        fig = go.Figure(go.Heatmap(z=np.round(values, 3), x=[f"head {h}" for h in range(values.shape[1])],
+                                   y=[f"layer {l}" for l in range(values.shape[0])], texttemplate="%{z:.2f}",
+                                   hovertemplate="%{y} %{x}: %{z:.3f}<extra></extra>", **common))
+        fig.update_yaxes(autorange="reversed")
+        fig.update_layout(height=360, width=520, title=title)
+        return fig
+    panels = values if values.ndim == 3 else values[None]
+    names = _PATCH_COMPONENTS if values.ndim == 3 else ("residual stream entering each block",)
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=names, vertical_spacing=0.12)
+    for i, panel in enumerate(panels):
+        fig.add_trace(go.Heatmap(z=np.round(panel, 3), x=labels, y=[f"layer {l}" for l in range(panel.shape[0])],
+                                 showscale=(i == 0), colorbar=dict(title="restored"),
+                                 hovertemplate="%{y} @ %{x}: %{z:.3f}<extra></extra>", **common), row=i + 1, col=1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-90, tickfont=dict(size=9))
+    fig.update_layout(height=260 * len(panels) + 140, width=1100, title=title)
+    return fig
+
+
+def save_patching_png(results: Sequence[Any], path: str | Path = FIGURES_DIR / "07_patching.png",
+                      titles: Sequence[str] | None = None, suptitle: str | None = None) -> Path:
+    """One panel per residual-stream ``PatchingResult`` (``[layer, pos]``), values annotated where |v| >= 0.05."""
+    from matplotlib.figure import Figure
+
+    widths = [len(r.pairs.kinds) for r in results]
+    fig = Figure(figsize=(max(10.0, 0.3 * max(widths) + 2.5), 2.6 * len(results) + 0.8), dpi=110,
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(results), 1))
+    image = None
+    for i, (ax, r) in enumerate(zip(axes, results)):
+        values = r.values.numpy()
+        image = ax.imshow(values, cmap="RdBu", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+        for (l, p), v in np.ndenumerate(values):
+            if abs(v) >= 0.05:
+                ax.text(p, l, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if abs(v) > 0.6 else "black")
+        ax.set_yticks(range(values.shape[0]))
+        ax.set_yticklabels([f"layer {l}" for l in range(values.shape[0])], fontsize=7)
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_xticklabels([_short(x) for x in r.pairs.labels], rotation=90, fontsize=6.5)
+        ax.set_title(titles[i] if titles else f"{r.pairs.description} (n={len(r.pairs)})", fontsize=8.5, loc="left")
+    fig.colorbar(image, ax=list(axes), shrink=0.7, label="share of the logit difference restored")
+    fig.suptitle(suptitle or "Activation patching of the residual stream entering each block (clean -> corrupted)",
+                 fontsize=10)
+    return _save(fig, path)
+
+
+_OUTCOME_COLORS = {"follows_edit": "#C44E52", "true_sum": "#4C72B0", "other": "#BBBBBB"}
+_OUTCOME_NAMES = {"follows_edit": "follows the edited trace", "true_sum": "writes the true sum", "other": "neither"}
+
+
+def _faithfulness_rows(result) -> list[dict[str, Any]]:
+    """One bar per edit and step, then the unedited traces (drawn as right or not: nothing to follow there)."""
+    unedited = [{**r, "follows_edit": 0} for r in result.rows if r["edit"] == "none"]
+    return [r for r in result.rows if r["step"] != "all" and r["edit"] != "none"] + unedited
+
+
+def plot_faithfulness(result, title: str = "Does the answer follow an edited trace?"):
+    """Plotly stacked bars: for each edit and step, the share of answers that follow the edit, give the true
+    sum, or neither (hover: counts and n)."""
+    import plotly.graph_objects as go
+
+    rows = _faithfulness_rows(result)
+    x = [f"{r['edit']}<br>step {r['step']}" if r["edit"] != "none" else "no edit" for r in rows]
+    fig = go.Figure()
+    for outcome, color in _OUTCOME_COLORS.items():
+        fig.add_trace(go.Bar(x=x, y=[r[outcome] / r["n"] for r in rows], name=_OUTCOME_NAMES[outcome],
+                             marker_color=color, customdata=[[r[outcome], r["n"]] for r in rows],
+                             hovertemplate="%{x}<br>%{customdata[0]} of %{customdata[1]} (%{y:.1%})<extra></extra>"))
+    fig.update_layout(barmode="stack", height=420, width=950, title=title, yaxis_tickformat=".0%",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def save_faithfulness_png(result, path: str | Path = FIGURES_DIR / "07_faithfulness.png",
+                          title: str = "Does the answer follow an edited trace?") -> Path:
+    from matplotlib.figure import Figure
+
+    rows = _faithfulness_rows(result)
+    labels = [f"{r['edit']}\nstep {r['step']}" if r["edit"] != "none" else "no edit" for r in rows]
+    fig = Figure(figsize=(max(7.0, 1.0 * len(rows) + 2), 4.2), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    bottom = np.zeros(len(rows))
+    for outcome, color in _OUTCOME_COLORS.items():
+        share = np.array([r[outcome] / r["n"] for r in rows])
+        ax.bar(range(len(rows)), share, bottom=bottom, color=color, label=_OUTCOME_NAMES[outcome])
+        bottom += share
+    for i, r in enumerate(rows):
+        ax.text(i, 1.02, f"n={r['n']}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylim(0, 1.1)
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    ax.set_ylabel("share of edited problems")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 __all__: Sequence[str] = [
     "FIGURES_DIR", "data_distributions", "plot_data_distributions", "save_data_distributions_png",
     "plot_training_curves", "training_curves_figure", "save_training_curves_png", "LiveTrainingPlot",
     "plot_accuracy_breakdown", "save_accuracy_breakdown_png", "plot_token_probabilities",
+    "plot_attention_heads", "plot_attention_head", "save_attention_heads_png", "plot_probe_accuracy",
+    "save_probe_accuracy_png", "plot_logit_lens", "save_logit_lens_png", "plot_lens_accuracy", "plot_patching",
+    "save_patching_png", "plot_faithfulness", "save_faithfulness_png",
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training modes and free thinking (notebook 08): exact match per mode, learning curves, what a
+# free-thinking model writes. The numbers come from scripts/modes_experiment.py's summary JSON and
+# mathllm.free_thinking; these functions only draw them.
+# ----------------------------------------------------------------------------------------------
+
+def _runs_by_name(summary: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for run in summary["runs"]:
+        by_name.setdefault(run["name"], []).append(run)
+    return by_name
+
+
+def plot_mode_comparison(summary: Mapping[str, Any], title: str = "Exact match and time per step, by training mode"):
+    """Plotly, two panels: test exact match per mode (one dot per seed, a bar at the mean) and seconds per
+    step (mean over seeds), from ``scripts/modes_experiment.py``'s summary."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    by_name = _runs_by_name(summary)
+    names = list(by_name)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["test exact match", "seconds per training step"])
+    means = [np.nanmean([r["test_exact_match"] if r.get("test_exact_match") is not None else np.nan
+                         for r in by_name[n]]) for n in names]
+    fig.add_trace(go.Bar(x=names, y=means, name="mean", marker_color="#4C72B0", opacity=0.6), row=1, col=1)
+    for i, n in enumerate(names):
+        ys = [r["test_exact_match"] for r in by_name[n] if r.get("test_exact_match") is not None]
+        fig.add_trace(go.Scatter(x=[n] * len(ys), y=ys, mode="markers", marker=dict(color="#C44E52", size=8),
+                                 name="seeds", showlegend=i == 0,
+                                 text=[f"seed {r['seed']}" for r in by_name[n] if r.get("test_exact_match") is not None]),
+                      row=1, col=1)
+    secs = [np.nanmean([r["seconds_per_step"] if r.get("seconds_per_step") else np.nan for r in by_name[n]])
+            for n in names]
+    fig.add_trace(go.Bar(x=names, y=secs, name="s/step", marker_color="#55A868", showlegend=False), row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1)
+    fig.update_layout(height=400, width=1000, title=title)
+    return fig
+
+
+def plot_mode_learning_curves(summary: Mapping[str, Any], key: str = "val_exact_match",
+                              title: str | None = None):
+    """Plotly: one line per run (colour per mode, one line per seed) of ``key`` (``val_exact_match``,
+    ``val_loss`` or the training ``loss``) against the step."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (name, runs) in enumerate(_runs_by_name(summary).items()):
+        for j, run in enumerate(runs):
+            pts = [(m["step"], m[key]) for m in run.get("learning_curve", []) if key in m]
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                     name=name, legendgroup=name, showlegend=j == 0,
+                                     line=dict(color=_color(name, i)), hovertext=f"{name} seed {run['seed']}"))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text=key, **({"type": "log"} if "loss" in key else {}))
+    fig.update_layout(height=420, width=900, title=title or f"{key} by training mode")
+    return fig
+
+
+def save_mode_comparison_png(summary: Mapping[str, Any], path: str | Path = FIGURES_DIR / "08_modes.png",
+                             title: str = "Training modes: test exact match (dots = seeds) and validation curves") -> Path:
+    """Matplotlib PNG: exact match per mode (bars = mean, dots = seeds) beside the val exact match curves."""
+    from matplotlib.figure import Figure
+
+    by_name = _runs_by_name(summary)
+    names = list(by_name)
+    fig = Figure(figsize=(12, 4.2), dpi=110, layout="constrained")
+    ax_bar, ax_curve = fig.subplots(1, 2)
+    for i, n in enumerate(names):
+        ys = [r["test_exact_match"] for r in by_name[n] if r.get("test_exact_match") is not None]
+        if ys:
+            ax_bar.bar(i, np.mean(ys), color=_color(n, i), alpha=0.6)
+            ax_bar.plot([i] * len(ys), ys, "o", color="#333333", ms=4)
+        for j, run in enumerate(by_name[n]):
+            pts = [(m["step"], m["val_exact_match"]) for m in run.get("learning_curve", []) if "val_exact_match" in m]
+            if pts:
+                ax_curve.plot(*zip(*pts), "-", color=_color(n, i), label=n if j == 0 else None, alpha=0.8)
+    ax_bar.set_xticks(range(len(names)))
+    ax_bar.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax_bar.set_ylim(0, 1.02)
+    ax_bar.set_ylabel("test exact match")
+    ax_curve.set_ylim(0, 1.02)
+    ax_curve.set_xlabel("step")
+    ax_curve.set_ylabel("val exact match")
+    ax_curve.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_think_token_frequencies(stats: Mapping[str, Any], title: str = "What the model writes at each think position"):
+    """Plotly heat map from ``mathllm.free_thinking.token_statistics``: rows = tokens used, columns = think
+    positions, colour = share of traces with that token there."""
+    import plotly.graph_objects as go
+
+    from mathllm.tokenizer import VOCAB
+
+    used = stats["tokens_used"]
+    freq = np.asarray(stats["frequencies"])[:, used].T if used else np.zeros((0, 0))
+    fig = go.Figure(go.Heatmap(z=freq, x=list(range(freq.shape[1])), y=[VOCAB[t] for t in used], zmin=0, zmax=1,
+                               colorscale="Blues", colorbar=dict(title="share"),
+                               hovertemplate="position %{x}<br>token %{y}<br>%{z:.1%}<extra></extra>"))
+    fig.update_xaxes(title_text="think position", dtick=1)
+    fig.update_layout(height=max(300, 22 * len(used) + 120), width=max(500, 40 * freq.shape[1] + 200), title=title)
+    return fig
+
+
+def plot_think_information(table, excess: bool = True,
+                           title: str = "Mutual information between think positions and the true carries / sums"):
+    """Plotly heat map of an ``InformationTable``: rows = labels, columns = think positions, colour = MI in bits
+    (``excess``: minus the shuffled-label baseline); hover shows MI, baseline and H(label)."""
+    import plotly.graph_objects as go
+
+    z = (table.excess() if excess else table.mi).T
+    hover = [[f"{lab} @ position {pos}<br>MI {table.mi[a, b]:.3f} bits<br>shuffled {table.baseline[a, b]:.3f} "
+              f"± {table.baseline_std[a, b]:.3f}<br>H(label) {table.label_entropy[b]:.2f} bits<br>n = {table.n[a]}"
+              for a, pos in enumerate(table.positions)] for b, lab in enumerate(table.labels)]
+    fig = go.Figure(go.Heatmap(z=z, x=table.positions, y=table.labels, colorscale="Viridis", text=hover,
+                               hoverinfo="text", colorbar=dict(title="bits")))
+    fig.update_xaxes(title_text="think position", dtick=1)
+    fig.update_layout(height=max(320, 20 * len(table.labels) + 120), width=max(520, 40 * len(table.positions) + 240),
+                      title=title + (" (minus shuffled baseline)" if excess else ""))
+    return fig
+
+
+def save_think_information_png(table, path: str | Path = FIGURES_DIR / "08_think_information.png",
+                               title: str = "MI(think token; label) minus shuffled baseline, bits") -> Path:
+    """Matplotlib PNG of ``plot_think_information`` (excess MI)."""
+    from matplotlib.figure import Figure
+
+    z = table.excess().T
+    fig = Figure(figsize=(max(5.0, 0.45 * len(table.positions) + 3), max(3.0, 0.25 * len(table.labels) + 1.5)),
+                 dpi=110, layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(z, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xticks(range(len(table.positions)))
+    ax.set_xticklabels(table.positions, fontsize=7)
+    ax.set_yticks(range(len(table.labels)))
+    ax.set_yticklabels(table.labels, fontsize=7)
+    ax.set_xlabel("think position")
+    fig.colorbar(im, ax=ax, label="bits")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+__all__ = [*__all__, "plot_mode_comparison", "plot_mode_learning_curves", "save_mode_comparison_png",
+           "plot_think_token_frequencies", "plot_think_information", "save_think_information_png"]
