@@ -269,7 +269,9 @@ def format_report(results: dict[str, Any]) -> str:
         *([f"mode            {results['mode']}"] if results.get("mode", "teacher") != "teacher" else []),
         f"examples        {results['num_examples']}",
         f"exact match     {results['exact_match']:.4f}",
-        f"token accuracy  {results['token_accuracy']:.4f}  (teacher forcing, completion tokens incl. think)",
+        f"token accuracy  {results['token_accuracy']:.4f}  (teacher forcing, "
+        + ("completion tokens incl. think)" if results.get("mode", "teacher") == "teacher"
+           else f"in the {results['mode']} format: see evaluate_examples)"),
     ]
     if results.get("think_exact") is not None:
         lines.append(f"think exact     {results['think_exact']:.4f}  ({results['num_with_think']} with a think block)")

@@ -342,7 +342,7 @@ def generate(
     return out
 
 
-_ANSWER_RE = re.compile(r"(-?\d+)<end>(?:<pad>)*")
+_ANSWER_RE = re.compile(r"(?:<pause>)*(-?\d+)<end>(?:<pad>)*")  # pause-mode answers follow their pauses
 
 
 def split_completion(text: str) -> tuple[Optional[str], Optional[str]]:

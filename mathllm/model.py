@@ -219,20 +219,28 @@ class KVCache:
     positions ``[0, length)`` are filled (keys already rotated when positions are rotary). The model
     writes new positions in place and grows the buffers (doubling) when they are full. Pass the same
     object as ``past_key_values`` on every step; positions continue from ``len(cache)``.
+
+    ``differentiable=True`` keeps the autograd graph: new keys/values are concatenated (no in-place writes
+    into tensors that backward needs), so a loss on later positions back-propagates into earlier cached
+    steps (Gumbel-softmax training, ``mathllm.modes``). It costs a copy of the cache per call.
     """
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, d_head: int, capacity: int,
-                 device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (batch, n_heads, max(1, capacity), d_head)
+                 device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                 differentiable: bool = False):
+        self.differentiable = differentiable
+        shape = (batch, n_heads, 0 if differentiable else max(1, capacity), d_head)
         self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.length = 0
 
     @classmethod
-    def for_model(cls, model: "MathTransformer", batch: int, capacity: Optional[int] = None) -> "KVCache":
+    def for_model(cls, model: "MathTransformer", batch: int, capacity: Optional[int] = None,
+                  differentiable: bool = False) -> "KVCache":
         cfg = model.cfg
         cap = cfg.n_ctx if capacity is None else min(capacity, cfg.n_ctx)
-        return cls(cfg.n_layers, batch, cfg.n_heads, cfg.d_head, cap, model.W_E.device, model.W_E.dtype)
+        return cls(cfg.n_layers, batch, cfg.n_heads, cfg.d_head, cap, model.W_E.device, model.W_E.dtype,
+                   differentiable=differentiable)
 
     def __len__(self) -> int:
         return self.length
@@ -257,6 +265,12 @@ class KVCache:
         """Write ``k, v`` ``[batch, head, new, d_head]`` after the cached positions; return all keys/values."""
         if k.shape[0] != self.batch_size:
             raise ValueError(f"KV cache holds {self.batch_size} rows but the input has {k.shape[0]}")
+        if self.differentiable:
+            if self.length:
+                k = torch.cat([self.keys[layer][:, :, : self.length], k], dim=2)
+                v = torch.cat([self.values[layer][:, :, : self.length], v], dim=2)
+            self.keys[layer], self.values[layer] = k, v
+            return k, v
         start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
             self._grow(end)
@@ -267,6 +281,11 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` (indices, in that order) — e.g. drop finished generations."""
         n = self.length
+        if self.differentiable:
+            for store in (self.keys, self.values):
+                for i, buf in enumerate(store):
+                    store[i] = buf[:, :, :n].index_select(0, rows)
+            return
         for store in (self.keys, self.values):
             for i, buf in enumerate(store):
                 new = buf.new_empty((len(rows),) + buf.shape[1:])

@@ -43,6 +43,7 @@ class PlaygroundResult:
     tokens: list[str]  # generated tokens, one label each
     token_probs: list[float]  # probability the model gave to each generated token
     warnings: list[str] = field(default_factory=list)
+    mode: str = "teacher"  # the training mode (mathllm.modes); e.g. "gumbel": the think tokens are the model's own
 
 
 _ALLOWED = set("0123456789+= ")
@@ -95,12 +96,21 @@ def training_limits(model) -> tuple[int | None, int | None]:
 @torch.inference_mode()
 def sample_completion(model, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
                       seed: int | None = None) -> tuple[list[int], list[float]]:
-    """Generate after ``prompt`` (KV cache); return the token ids and the probability of each."""
+    """Generate after ``prompt`` (KV cache); return the token ids and the probability of each.
+
+    A model trained in another mode is run as that mode is used (``mathllm.modes.generate_for_mode``: pauses
+    given, a gumbel model's own think tokens from its alphabet)."""
     from mathllm.generate import generate
+    from mathllm.modes import generate_for_mode, mode_settings
 
     generator = None
     if seed is not None:
         generator = torch.Generator(device=model.W_E.device).manual_seed(seed)
+    settings = mode_settings(model)
+    if settings.mode != "teacher":
+        (gen,) = generate_for_mode(model, [prompt], settings, max_new_tokens=max_new_tokens, return_probs=True,
+                                   temperature=temperature, generator=generator)
+        return gen.token_ids, gen.probs
     (gen,) = generate(model, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
                       return_probs=True, generator=generator)
     return gen.token_ids, gen.probs
@@ -117,6 +127,7 @@ def run_expression(model, text: str, temperature: float = 0.0, max_new_tokens: i
     >>> # '658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>'
     """
     from mathllm.generate import split_completion
+    from mathllm.modes import mode_settings
 
     max_digits, max_operands = training_limits(model)
     parsed = parse_expression(text, max_digits=max_digits, max_operands=max_operands)
@@ -150,5 +161,5 @@ def run_expression(model, text: str, temperature: float = 0.0, max_new_tokens: i
         prompt=parsed.prompt, completion=completion, full_text=full_text,
         think_steps=think.split() if think else [], model_answer=model_answer, operands=operands,
         true_answer=true_answer, correct=correct, tokens=TOKENIZER.str_tokens(ids),
-        token_probs=list(probs), warnings=warnings,
+        token_probs=list(probs), warnings=warnings, mode=mode_settings(model).mode,
     )

@@ -1,8 +1,15 @@
-"""Teacher-forcing trainer: loss on the completion only, zero padding, exact resume.
+"""Trainer: teacher forcing and the no-CoT-label modes, loss on the completion only, zero padding, exact resume.
 
 A training example is one rendered line such as ``12+34=<think>2+4=6 1+3=4</think>46<end>``. The model
 reads all of it; the loss is taken only on the tokens after the first ``=`` (the completion, think
 block included), so the model is never asked to predict the random operands.
+
+``--mode`` picks what the model is trained on (``mathllm.modes`` has the details): ``teacher`` (the human
+trace, the default), ``answer-only`` (no think block), ``pause`` (K ``<pause>`` tokens, loss on the answer),
+``gumbel`` (the model writes K think tokens itself by straight-through Gumbel-softmax; loss on the answer
+only) and ``internalize`` (the trace loses tokens from the front as training goes on). Options for free
+thinking: ``--init-from`` (warm start), ``--mix-teacher`` (share of teacher batches, optionally annealed),
+temperature annealing, an entropy term.
 
 No compute is spent on padding: examples are grouped by token length and every batch is drawn from one
 length group, so a batch is a dense ``[batch, length]`` tensor with no ``<pad>`` in it.
@@ -40,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mathllm.tokenizer import EQUALS_ID, TOKENIZER
+from mathllm.tokenizer import EQUALS_ID, PAUSE_ID, TOKENIZER
 from mathllm.utils import atomic_write_bytes, atomic_write_json, code_version, resolve_device, seed_everything
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -84,12 +91,38 @@ class TrainConfig:
     seed: int = 42  # seeds data order, initialisation and dropout
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     threads: int | None = None  # torch intra-op threads; None = torch's default
-    mode: str = "teacher"  # training mode; only "teacher" exists yet
-    use_gumbel: bool = False  # reserved for the "Reasoning without instructions" issue
-    gumbel_temperature: float = 1.0  # reserved for the "Reasoning without instructions" issue
+    mode: str = "teacher"  # teacher | answer-only | pause | gumbel | internalize (see mathllm.modes)
+    use_gumbel: bool = False  # the seed's flag: an alias for --mode gumbel
+    think_tokens: str = "trace"  # pause/gumbel: think budget K, an integer or "trace" (the human trace's length)
+    think_alphabet: str = "digits"  # gumbel: what it may think in: digits (0-9 + = space), latent (<z0>..<z15>), both
+    gumbel_temperature: float = 1.0  # gumbel: Gumbel-softmax temperature (the start value when annealed)
+    gumbel_temperature_end: float | None = None  # gumbel: anneal the temperature to this by the last step
+    gumbel_anneal: str = "exponential"  # gumbel: temperature schedule, linear | exponential
+    gumbel_backward: str = "parallel"  # gumbel: parallel (fast) | sequential (cached K steps, exact) | uncached
+    gumbel_grad_depth: int = 1  # gumbel, parallel: sampling decisions a gradient path crosses (K = exact)
+    gumbel_cuda_graph: bool = True  # gumbel, parallel, on CUDA: replay the K sampling steps as a CUDA graph
+    entropy_weight: float = 0.0  # gumbel: + weight * mean think entropy (nats); > 0 sharpens, < 0 explores
+    internalize_start: float = 0.0  # internalize: fraction of training before trace tokens start to go
+    internalize_end: float = 0.75  # internalize: fraction of training by which the whole trace is gone
+    internalize_stages: int | None = None  # internalize: remove in this many equal stages (None: token by token)
+    internalize_smoothing: float = 0.0  # internalize: lambda of Deng et al.'s removal smoothing (0 = off; they use 4)
+    internalize_reset_optimizer: bool = False  # internalize: reset AdamW state whenever more tokens go (Deng et al.)
+    init_from: str | None = None  # warm start: load these weights (a run directory or .safetensors) at step 0
+    mix_teacher: float = 0.0  # other modes: share of steps trained in teacher mode instead
+    mix_teacher_end: float | None = None  # anneal that share linearly to this by the last step (a curriculum)
     operand_balance: float = 0.0  # oversample rare operand counts: repeat ~(largest/count)**this; 1 = equal shares
     evaluate_test: bool = True  # evaluate the final model on test.jsonl and write test_results.json
     progress: bool = True  # show tqdm progress bars
+
+    def __post_init__(self) -> None:
+        from mathllm.modes import check_mode_config
+
+        self.think_tokens = str(self.think_tokens)
+        if self.use_gumbel:  # the seed's --use-gumbel: normalised to --mode gumbel so both spellings resume alike
+            if self.mode not in ("teacher", "gumbel"):
+                raise ValueError(f"--use-gumbel contradicts --mode {self.mode}")
+            self.mode, self.use_gumbel = "gumbel", False
+        check_mode_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,7 +138,7 @@ class TrainConfig:
 
 # Fields that may differ between an interrupted run and its resumption without changing the result.
 _RESUME_IGNORED_FIELDS = {"output_dir", "progress", "wandb", "wandb_project", "num_workers", "device",
-                          "threads", "evaluate_test", "eval_batch_size"}
+                          "threads", "evaluate_test", "eval_batch_size", "gumbel_cuda_graph"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,10 +161,11 @@ class LengthGroupedData:
 
     @classmethod
     def from_texts(cls, texts: list[str], max_length: int, source: str = "data",
-                   operand_balance: float = 0.0) -> "LengthGroupedData":
+                   operand_balance: float = 0.0, ignore_target_ids: tuple[int, ...] = ()) -> "LengthGroupedData":
         """``operand_balance`` p: an operand count (``12+3=`` has 2, ``1+2+3=`` 3) with k times fewer
         examples than the most common one is repeated ``round(k ** p)`` times per epoch: 0 = as generated,
         1 = equal shares, 0.5 = in between (2-digit, 2-3 operands: 9% two-operand problems becomes 24%).
+        ``ignore_target_ids``: targets never scored (``<pause>``: the pause mode forces them).
         """
         by_length: dict[int, list[list[int]]] = {}
         operands_by_length: dict[int, list[int]] = {}
@@ -153,20 +187,23 @@ class LengthGroupedData:
             first_eq = (ids == EQUALS_ID).int().argmax(dim=1, keepdim=True)  # [n, 1]
             target_pos = torch.arange(1, length).unsqueeze(0)  # positions of targets ids[:, 1:]
             masks[length] = target_pos > first_eq  # [n, L-1]
-        repeats = None
-        if operand_balance:
-            counts: dict[int, int] = {}
-            for ops in operands_by_length.values():
-                for k in ops:
-                    counts[k] = counts.get(k, 0) + 1
-            largest = max(counts.values())
-            repeats = {length: torch.tensor([round((largest / counts[k]) ** operand_balance) for k in ops])
-                       for length, ops in operands_by_length.items()}
-            repeats = {length: repeats[length] for length in groups}
-        return cls(groups, masks, len(texts), repeats)
+            for token in ignore_target_ids:
+                masks[length] &= ids[:, 1:] != token
+        return cls(groups, masks, len(texts), _operand_repeats(operands_by_length, operand_balance, groups))
+
+    @classmethod
+    def from_rows(cls, rows: dict[Any, list[list[int]]], operands: dict[Any, list[int]],
+                  operand_balance: float = 0.0) -> "LengthGroupedData":
+        """Groups under any sortable keys (the gumbel mode keys them by layout); no loss masks."""
+        groups = {key: torch.tensor(rows[key], dtype=torch.long) for key in sorted(rows)}
+        n = sum(len(r) for r in rows.values())
+        return cls(groups, {}, n, _operand_repeats(operands, operand_balance, groups))
 
     def num_tokens(self) -> int:
         return sum(g.numel() for g in self.groups.values())
+
+    def batch_order(self, batch_size: int, seed: int) -> "_BatchOrder":
+        return _BatchOrder(self, batch_size, seed)
 
     def epoch_batches(self, batch_size: int, epoch: int, seed: int) -> list[tuple[int, torch.Tensor]]:
         """The deterministic batch order of one epoch: a list of (length, example indices)."""
@@ -181,6 +218,34 @@ class LengthGroupedData:
             batches.extend((length, order[i : i + batch_size]) for i in range(0, len(order), batch_size))
         shuffle = torch.randperm(len(batches), generator=gen).tolist()
         return [batches[i] for i in shuffle]
+
+
+def _operand_repeats(operands_by_key: dict[Any, list[int]], balance: float,
+                     groups: dict[Any, torch.Tensor]) -> dict[Any, torch.Tensor] | None:
+    if not balance:
+        return None
+    counts: dict[int, int] = {}
+    for ops in operands_by_key.values():
+        for k in ops:
+            counts[k] = counts.get(k, 0) + 1
+    largest = max(counts.values())
+    return {key: torch.tensor([round((largest / counts[k]) ** balance) for k in operands_by_key[key]])
+            for key in groups}
+
+
+class _BatchOrder:
+    """Batch ``i`` of the endless sequence of epochs (epoch ``i // steps_per_epoch``), one epoch cached."""
+
+    def __init__(self, data: LengthGroupedData, batch_size: int, seed: int):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.epoch, self.batches = 0, data.epoch_batches(batch_size, 0, seed)
+        self.steps_per_epoch = len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        epoch = index // self.steps_per_epoch
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, self.data.epoch_batches(self.batch_size, epoch, self.seed)
+        return self.batches[index % self.steps_per_epoch]
 
 
 def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -344,14 +409,14 @@ def find_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict[str, Any],
-                    keep: int) -> Path:
+                    keep: int, metadata: dict[str, str] | None = None) -> Path:
     """Write ``checkpoint-{step}/`` atomically: built in a temp directory, then renamed into place."""
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, metadata=metadata)
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
     atomic_write_bytes(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
@@ -396,7 +461,167 @@ def _build_model(cfg: TrainConfig, device: torch.device):
     return MathTransformer(model_cfg).to(device)
 
 
+class ModeRunner:
+    """The data and the training step of one run's mode (``cfg.mode``), plus teacher batches to mix in.
+
+    Every choice it makes (which batch, teacher or not, how many trace tokens to drop, the Gumbel noise,
+    the temperature) is a pure function of the step and the seed, so a resumed run takes the same steps.
+    """
+
+    def __init__(self, cfg: TrainConfig, train_texts: list[str], val_texts: list[str], train_source: str = "data"):
+        from mathllm.modes import ModeSettings, gumbel_groups, mode_texts
+
+        self.cfg = cfg
+        self.settings = ModeSettings.from_config(cfg.to_dict())
+        self.mode = cfg.mode
+        mixing = cfg.mode != "teacher" and (cfg.mix_teacher > 0 or (cfg.mix_teacher_end or 0) > 0)
+        self.teacher_data = None
+        if cfg.mode in ("teacher", "internalize") or mixing:
+            self.teacher_data = LengthGroupedData.from_texts(train_texts, cfg.max_length, source=train_source,
+                                                             operand_balance=cfg.operand_balance)
+        if cfg.mode in ("teacher", "internalize"):
+            self.data = self.teacher_data
+        elif cfg.mode == "gumbel":
+            self.data = gumbel_groups(train_texts, self.settings, cfg.max_length, cfg.operand_balance, train_source)
+        else:  # answer-only, pause: a fixed rewrite of every line
+            self.data = LengthGroupedData.from_texts(mode_texts(train_texts, self.settings), cfg.max_length,
+                                                     source=train_source, operand_balance=cfg.operand_balance,
+                                                     ignore_target_ids=(PAUSE_ID,))
+        self.order = self.data.batch_order(cfg.batch_size, cfg.seed)
+        self.teacher_order = self.teacher_data.batch_order(cfg.batch_size, cfg.seed) if mixing else None
+        self.steps_per_epoch = self.order.steps_per_epoch
+        self.max_trace = 0
+        if cfg.mode == "internalize":
+            from mathllm.modes import trace_layout
+
+            self.max_trace = max(int(trace_layout(g)[1].max()) for g in self.data.groups.values())
+        self.val_texts = val_texts
+        self.val_data = None
+        if cfg.mode in ("teacher", "answer-only", "pause"):
+            self.val_data = LengthGroupedData.from_texts(mode_texts(val_texts, self.settings), cfg.max_length,
+                                                         ignore_target_ids=(PAUSE_ID,))
+        elif cfg.mode == "gumbel":
+            self.val_data = gumbel_groups(val_texts, self.settings, cfg.max_length)
+        self.total_steps = 0  # set by train()
+
+    # ---- per-step choices ----
+    def removed(self, step: int) -> int:
+        from mathllm.modes import internalize_removed
+
+        return internalize_removed(self.cfg, step, self.total_steps, self.max_trace)
+
+    def temperature(self, step: int) -> float:
+        from mathllm.modes import gumbel_temperature
+
+        return gumbel_temperature(self.cfg, step, self.total_steps)
+
+    def stage_changed(self, step: int) -> bool:
+        """Whether ``step`` removes more trace tokens than the step before (internalize)."""
+        return self.mode == "internalize" and step > 0 and self.removed(step) != self.removed(step - 1)
+
+    # ---- one step: forward and backward (gradients accumulate into .grad) ----
+    def step(self, model, step: int, device: torch.device, autocast: Callable[[], Any],
+             scale: float | None) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """Returns (loss, tokens processed, extra metrics)."""
+        from mathllm.modes import is_teacher_step
+
+        def backward(loss: torch.Tensor) -> None:
+            (loss if scale is None else loss * scale).backward()
+
+        if self.teacher_order is not None and is_teacher_step(self.cfg, step, self.total_steps):
+            length, index = self.teacher_order[step]
+            ids = self.teacher_data.groups[length][index].to(device, non_blocking=True)
+            mask = self.teacher_data.loss_masks[length][index].to(device, non_blocking=True)
+            with autocast():
+                loss = completion_loss(model(ids[:, :-1]), ids, mask)
+            backward(loss)
+            return loss.detach(), ids.numel(), {"teacher_step": 1.0}
+        extra = {"teacher_step": 0.0} if self.teacher_order is not None else {}
+        key, index = self.order[step]
+        rows = self.data.groups[key][index].to(device, non_blocking=True)
+        if self.mode == "gumbel":
+            return self._gumbel_step(model, step, key, rows, device, autocast, scale, extra)
+        if self.mode == "internalize":
+            from mathllm.modes import remove_trace_tokens, smoothing_offsets
+
+            removed = self.removed(step) + smoothing_offsets(self.cfg, step, len(rows), self.max_trace)
+            ids, mask = remove_trace_tokens(rows, removed.to(device))
+            extra["removed_tokens"] = float(self.removed(step))
+        else:
+            ids, mask = rows, self.data.loss_masks[key][index].to(device, non_blocking=True)
+        with autocast():
+            loss = completion_loss(model(ids[:, :-1]), ids, mask)
+        backward(loss)
+        return loss.detach(), ids.numel(), extra
+
+    def _gumbel_step(self, model, step, key, rows, device, autocast, scale, extra):
+        from mathllm.modes import gumbel_backward_parallel, gumbel_loss_sequential, gumbel_noise, step_seed
+
+        cfg = self.cfg
+        P, K, A = key
+        prompt, answer = rows[:, :P], rows[:, P:]
+        alphabet = torch.tensor(self.settings.alphabet, device=device)
+        noise = gumbel_noise((len(rows), K, len(alphabet)), step_seed(cfg.seed, step, 3), device)
+        tau = self.temperature(step)
+        if cfg.gumbel_backward == "parallel":
+            out = gumbel_backward_parallel(model, prompt, answer, K, alphabet, noise, tau, cfg.entropy_weight,
+                                           cfg.gumbel_grad_depth, 1.0 if scale is None else scale, autocast,
+                                           cuda_graph=cfg.gumbel_cuda_graph)
+        else:
+            with autocast():
+                out = gumbel_loss_sequential(model, prompt, answer, K, alphabet, noise, tau, cfg.entropy_weight,
+                                             use_cache=cfg.gumbel_backward == "sequential")
+            (out.loss if scale is None else out.loss * scale).backward()
+        extra.update(temperature=tau, think_entropy=float(out.entropy), answer_loss=float(out.answer_loss))
+        return out.loss.detach(), len(rows) * (P + K + A + 1), extra
+
+    # ---- validation loss in the mode's own format ----
+    @torch.inference_mode()
+    def val_loss(self, model, step: int, device: torch.device, batch_size: int) -> float:
+        from mathllm.modes import gumbel_forward_parallel, mode_texts
+
+        data = self.val_data
+        if self.mode == "internalize":
+            data = LengthGroupedData.from_texts(mode_texts(self.val_texts, self.settings, self.removed(step)),
+                                                self.cfg.max_length)
+        total, count = 0.0, 0.0
+        for key, ids in data.groups.items():
+            for i in range(0, len(ids), batch_size):
+                batch = ids[i : i + batch_size].to(device)
+                if self.mode == "gumbel":
+                    P, K, A = key
+                    alphabet = torch.tensor(self.settings.alphabet, device=device)
+                    logits = gumbel_forward_parallel(model, batch[:, :P], batch[:, P:], K, alphabet, None)[0]
+                    n = batch[:, P:].numel()
+                    total += F.cross_entropy(logits.flatten(0, 1).float(), batch[:, P:].flatten(), reduction="sum").item()
+                    count += n
+                    continue
+                mask = data.loss_masks[key][i : i + batch_size].to(device)
+                logits = model(batch[:, :-1])
+                n = mask.sum().item()
+                total += completion_loss(logits, batch, mask).item() * n
+                count += n
+        return total / max(count, 1)
+
+
+def _mode_metadata(cfg: TrainConfig) -> dict[str, str]:
+    """Safetensors metadata naming the training mode, so a lone model.safetensors still says how to use it."""
+    from mathllm.modes import MODE_FIELDS
+
+    return {"mathllm_mode": json.dumps({k: getattr(cfg, k) for k in MODE_FIELDS})}
+
+
+def _warm_start(model, path: str, logger: logging.Logger) -> None:
+    from mathllm.model import MathTransformer
+
+    source = MathTransformer.from_pretrained(path, config=model.cfg)
+    model.load_state_dict(source.state_dict())
+    logger.info("warm start: weights from %s", path)
+
+
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    defaults = TrainConfig().to_dict()  # fields added since the checkpoint was written take their defaults
+    saved = {**defaults, **saved}
     diffs = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
              if k not in _RESUME_IGNORED_FIELDS and saved.get(k) != v}
     if diffs:
@@ -418,11 +643,6 @@ def train(
     ``on_log`` is called with every metrics dict (training logs and evaluations), e.g. to draw live
     curves in a notebook.
     """
-    if cfg.use_gumbel or cfg.mode != "teacher":
-        raise NotImplementedError(
-            "only teacher forcing exists yet: --use-gumbel / --gumbel-temperature and other --mode values "
-            "are reserved for the 'Reasoning without instructions' issue"
-        )
     output_dir = Path(cfg.output_dir)
     if overwrite and output_dir.exists():
         shutil.rmtree(output_dir)
@@ -433,19 +653,21 @@ def train(
         torch.set_num_threads(cfg.threads)
 
     # --- data -------------------------------------------------------------------------------
-    train_data = LengthGroupedData.from_texts(load_training_texts(cfg.data_dir, "train"), cfg.max_length,
-                                              operand_balance=cfg.operand_balance,
-                                              source=str(Path(cfg.data_dir) / "train.jsonl"))
     val_texts = load_training_texts(cfg.data_dir, "val")
-    val_data = LengthGroupedData.from_texts(val_texts, cfg.max_length, source=str(Path(cfg.data_dir) / "val.jsonl"))
-    steps_per_epoch = len(train_data.epoch_batches(cfg.batch_size, 0, cfg.seed))
+    runner = ModeRunner(cfg, load_training_texts(cfg.data_dir, "train"), val_texts,
+                        train_source=str(Path(cfg.data_dir) / "train.jsonl"))
+    train_data = runner.data
+    steps_per_epoch = runner.steps_per_epoch
     total_steps = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.num_epochs
     if total_steps <= 0:
         raise ValueError(f"nothing to train: {total_steps} steps (check --max-steps / --num-epochs)")
+    runner.total_steps = total_steps
 
     # --- model, optimizer, schedule, precision --------------------------------------------------
     seed_everything(cfg.seed)
     model = _build_model(cfg, device)
+    if cfg.init_from:
+        _warm_start(model, cfg.init_from, logger)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_for(cfg, total_steps))
     autocast_dtype, scaler = None, None
@@ -511,9 +733,11 @@ def train(
         "code_version": code_version(),
     }
     atomic_write_json(output_dir / "training_config.json", run_record)
-    logger.info("model %s: %s parameters, %s; %d train examples, %d steps (%d per epoch), device %s",
+    model.training_meta = run_record  # generation and evaluation read the mode from it
+    metadata = _mode_metadata(cfg)
+    logger.info("model %s: %s parameters, %s; %d train examples, %d steps (%d per epoch), device %s, mode %s",
                 cfg.model_size, f"{n_params:,}", model.cfg.positional, train_data.num_examples,
-                total_steps, steps_per_epoch, device)
+                total_steps, steps_per_epoch, device, cfg.mode)
     if cfg.num_workers:
         logger.info("--num-workers %d: not needed, the data is pre-tokenized in memory", cfg.num_workers)
     wandb_logger = WandbLogger(cfg, output_dir, logger, wandb_id)
@@ -546,34 +770,31 @@ def train(
 
     # --- loop -----------------------------------------------------------------------------------
     model.train()
-    epoch = step // steps_per_epoch
-    batches = train_data.epoch_batches(cfg.batch_size, epoch, cfg.seed)
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    window_extra: dict[str, list[float]] = {}
+    window_paused = 0.0  # validation and checkpoint time inside the window (not training)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+
     train_start = time.perf_counter()
     interrupted = False
     in_step = False  # a hard interrupt inside a step leaves optimizer state half-updated: don't save it
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
     try:
         while step < total_steps:
-            if step // steps_per_epoch != epoch:
-                epoch = step // steps_per_epoch
-                batches = train_data.epoch_batches(cfg.batch_size, epoch, cfg.seed)
             in_step = True
-            length, index = batches[step % steps_per_epoch]
-            ids = train_data.groups[length][index].to(device, non_blocking=True)
-            mask = train_data.loss_masks[length][index].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(ids[:, :-1])
-                loss = completion_loss(logits, ids, mask)
+            if cfg.internalize_reset_optimizer and runner.stage_changed(step):
+                optimizer.state.clear()  # Deng et al.: fresh AdamW moments at every removal stage
             optimizer.zero_grad(set_to_none=True)
+            loss, n_tokens, extra = runner.step(model, step, device, autocast,
+                                                scaler.get_scale() if scaler is not None else None)
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
             scheduler.step()
@@ -581,23 +802,28 @@ def train(
             in_step = False
             progress.update(1)
             window_loss += loss.item()
-            window_tokens += ids.numel()
+            window_tokens += n_tokens
+            for k, v in extra.items():
+                window_extra.setdefault(k, []).append(v)
 
             if step % cfg.logging_steps == 0 or step == total_steps:
-                seconds = time.perf_counter() - window_start
+                seconds = max(time.perf_counter() - window_start - window_paused, 1e-9)
                 n = (step - 1) % cfg.logging_steps + 1
                 metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": window_loss / n,
                            "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                           "tokens_per_s": window_tokens / max(seconds, 1e-9),
+                           "tokens_per_s": window_tokens / max(seconds, 1e-9), "step_seconds": seconds / n,
                            "elapsed_s": time.perf_counter() - train_start}
+                metrics.update({k: sum(v) / len(v) for k, v in window_extra.items()})
+                window_extra = {}
                 emit(metrics)
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
                 logger.info("step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tok/s", step, total_steps,
                             metrics["epoch"], metrics["loss"], metrics["lr"], metrics["tokens_per_s"])
-                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_tokens, window_start, window_paused = 0.0, 0, time.perf_counter(), 0.0
 
+            pause_start = time.perf_counter()
             if step % cfg.eval_steps == 0 or step == total_steps:
-                val = validate(model, val_data, val_texts, cfg, device)
+                val = validate(model, runner, val_texts, cfg, device, step)
                 model.train()
                 emit({"step": step, **val})
                 logger.info("eval step %d: val_loss %.4f val_exact_match %.4f (%d examples)", step,
@@ -605,7 +831,8 @@ def train(
 
             if step % cfg.save_steps == 0 and step < total_steps:
                 save_checkpoint(output_dir, step, model, optimizer, scheduler, scaler, checkpoint_state(),
-                                cfg.save_total_limit)
+                                cfg.save_total_limit, metadata)
+            window_paused += time.perf_counter() - pause_start
             if stop_requested["flag"]:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -615,7 +842,7 @@ def train(
                            "command again to resume from the newest checkpoint", step + 1)
         else:
             path = save_checkpoint(output_dir, step, model, optimizer, scheduler, scaler, checkpoint_state(),
-                                   cfg.save_total_limit)
+                                   cfg.save_total_limit, metadata)
             logger.warning("interrupted at step %d: saved %s; run the same command again to resume", step, path)
     finally:
         progress.close()
@@ -627,7 +854,7 @@ def train(
         return TrainResult(output_dir, step, history, None, interrupted=True, train_seconds=train_seconds)
 
     # --- final model, test evaluation -----------------------------------------------------------------
-    model.save_pretrained(output_dir)
+    model.save_pretrained(output_dir, metadata=metadata)
     test_results = None
     if cfg.evaluate_test:
         from mathllm.evaluate import evaluate_checkpoint_on_split
@@ -635,6 +862,7 @@ def train(
         test_results = evaluate_checkpoint_on_split(model, Path(cfg.data_dir) / "test.jsonl",
                                                     batch_size=cfg.eval_batch_size, device=device)
         test_results["train_seconds_this_session"] = train_seconds
+        test_results["mode"] = cfg.mode
         atomic_write_json(output_dir / "test_results.json", test_results)
         logger.info("test exact match %.4f on %d examples", test_results["exact_match"], test_results["num_examples"])
         wandb_logger.log({f"test/{k}": v for k, v in test_results.items() if isinstance(v, (int, float))}, step)
@@ -645,24 +873,18 @@ def train(
 
 
 @torch.inference_mode()
-def validate(model, val_data: LengthGroupedData, val_texts: list[str], cfg: TrainConfig,
-             device: torch.device) -> dict[str, Any]:
-    """Teacher-forced completion loss on the whole val split + greedy exact match on a fixed subset."""
+def validate(model, runner: ModeRunner, val_texts: list[str], cfg: TrainConfig,
+             device: torch.device, step: int = 0) -> dict[str, Any]:
+    """Teacher-forced loss on the whole val split in the mode's format (internalize: at this step's stage;
+    gumbel: the answer loss after the model's greedy think tokens) + greedy exact match on a fixed subset,
+    generated the way the mode is used (``mathllm.modes.generate_for_mode``)."""
     from mathllm.evaluate import exact_match_texts
 
     model.eval()
-    total, count = 0.0, 0.0
-    for length, ids in val_data.groups.items():
-        for i in range(0, len(ids), cfg.eval_batch_size):
-            batch = ids[i : i + cfg.eval_batch_size].to(device)
-            mask = val_data.loss_masks[length][i : i + cfg.eval_batch_size].to(device)
-            logits = model(batch[:, :-1])
-            n = mask.sum().item()
-            total += completion_loss(logits, batch, mask).item() * n
-            count += n
+    val_loss = runner.val_loss(model, step, device, cfg.eval_batch_size)
     subset = val_texts[: cfg.eval_examples]
     exact = exact_match_texts(model, subset, batch_size=cfg.eval_batch_size)
-    return {"val_loss": total / max(count, 1), "val_exact_match": exact, "val_examples_decoded": len(subset)}
+    return {"val_loss": val_loss, "val_exact_match": exact, "val_examples_decoded": len(subset)}
 
 
 def _metrics_path(output_dir: Path) -> Path:

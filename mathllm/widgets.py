@@ -32,6 +32,10 @@ def result_html(result: PlaygroundResult) -> str:
     """The trace, the answer and a right/wrong mark as HTML (also used by tests)."""
     esc = html.escape
     rows = [f"<div><b>model:</b> <code>{esc(result.full_text)}</code></div>"]
+    if result.mode != "teacher":
+        rows.append(f"<div style='color:#57606a'>trained in <b>{esc(result.mode)}</b> mode"
+                    + (": the think tokens are the model's own, never supervised" if result.mode == "gumbel" else "")
+                    + "</div>")
     if result.think_steps:
         steps = "".join(f"<li><code>{esc(s)}</code></li>" for s in result.think_steps)
         rows.append(f"<div><b>chain of thought:</b><ol style='margin:0'>{steps}</ol></div>")

@@ -179,9 +179,30 @@ def test_missing_data_directory_says_how_to_make_it(tmp_path):
         train(tiny_config(tmp_path / "nowhere", tmp_path / "run"), console_log=False)
 
 
-def test_reserved_gumbel_flags_fail_clearly(tiny_dataset, tmp_path):
-    with pytest.raises(NotImplementedError, match="Reasoning without instructions"):
-        train(tiny_config(tiny_dataset, tmp_path / "run", use_gumbel=True), console_log=False)
+def test_mode_flags_are_checked_before_anything_runs(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="unknown --mode 'gumbal'"):
+        train(tiny_config(tiny_dataset, tmp_path / "run", mode="gumbal"), console_log=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_records_its_mode_and_logs_step_time(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path / "run", max_steps=5, mode="answer-only"), console_log=False)
+    record = json.loads((tmp_path / "run" / "training_config.json").read_text())
+    assert record["config"]["mode"] == "answer-only" and record["config"]["use_gumbel"] is False
+    logged = [m for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert logged and all(m["step_seconds"] > 0 for m in logged)
+
+
+def test_old_checkpoints_without_mode_fields_still_resume(tiny_dataset, tmp_path):
+    """A run written before the mode fields existed resumes: missing fields take their defaults."""
+    cfg = tiny_config(tiny_dataset, tmp_path / "run")
+    train(cfg, on_log=_StopAt(10), console_log=False)
+    (step, ckpt), = [c for c in find_checkpoints(tmp_path / "run") if c[0] == 10]
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    for name in ("think_tokens", "think_alphabet", "init_from", "mix_teacher", "internalize_end"):
+        state["config"].pop(name)
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    assert train(cfg, console_log=False).step == 20
 
 
 def test_wandb_without_login_warns_and_trains(tiny_dataset, tmp_path, monkeypatch):

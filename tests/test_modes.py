@@ -1,0 +1,408 @@
+"""Training modes (mathllm.modes): data without human traces, the Gumbel-softmax gradient (cached = uncached =
+parallel at full depth; it reaches the think tokens' embeddings; no think targets), schedules, every mode training
+a tiny model, exact resume, generation / evaluation / playground per mode, the experiment and benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mathllm.model import MathTransformer, ModelConfig
+from mathllm.modes import (THINK_ALPHABETS, ModeSettings, answer_only_text, gumbel_backward_parallel,
+                           gumbel_forward_parallel, gumbel_groups, gumbel_loss_sequential, gumbel_noise,
+                           gumbel_temperature, human_trace_length, internalize_removed, internalize_text,
+                           pause_text, remove_trace_tokens, sample_think, smoothing_offsets, split_text)
+from mathllm.tokenizer import END_THINK_ID, LATENT_IDS, PAUSE_ID, THINK_ID, TOKENIZER
+from mathllm.train import ModeRunner, TrainConfig, find_checkpoints, read_metrics, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(data_dir: Path, output_dir: Path, **overrides) -> TrainConfig:
+    base = dict(model_size="tiny", data_dir=str(data_dir), output_dir=str(output_dir), batch_size=16,
+                learning_rate=3e-3, warmup_steps=2, max_steps=6, logging_steps=2, eval_steps=6, save_steps=100,
+                eval_examples=16, wandb=False, progress=False, seed=3, evaluate_test=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+# --- texts and data ----------------------------------------------------------------------------------
+
+def test_each_mode_rewrites_a_line():
+    assert split_text(TEXT) == ("658+189=", "8+9=17 5+8+1=14 6+1+1=8", "847<end>")
+    assert answer_only_text(TEXT) == "658+189=847<end>"
+    assert pause_text(TEXT, ModeSettings("pause", "3")) == "658+189=<pause><pause><pause>847<end>"
+    assert pause_text(TEXT, ModeSettings("pause", "trace")) == "658+189=" + "<pause>" * 23 + "847<end>"
+    assert internalize_text(TEXT, 7) == "658+189=<think>5+8+1=14 6+1+1=8</think>847<end>"
+    assert internalize_text(TEXT, 99) == "658+189=<think></think>847<end>"
+    assert internalize_text("3+5=8<end>", 4) == "3+5=8<end>"
+    assert human_trace_length("658+189=") == 23 and human_trace_length("3+5=") == 0
+
+
+@pytest.mark.parametrize("mode", ["answer-only", "pause"])
+def test_answer_only_and_pause_data_hold_no_human_trace(tiny_dataset, mode):
+    cfg = tiny_config(tiny_dataset, "unused", mode=mode, think_tokens="4")
+    texts = [json.loads(line)["text"] for line in (tiny_dataset / "train.jsonl").read_text().splitlines()]
+    runner = ModeRunner(cfg, texts, texts[:50])
+    seen = set()
+    for length, ids in runner.data.groups.items():
+        assert not ((ids == THINK_ID) | (ids == END_THINK_ID)).any()
+        mask = runner.data.loss_masks[length]
+        assert not (mask & (ids[:, 1:] == PAUSE_ID)).any()  # pauses are given, never targets
+        for row in ids:
+            seen.add(TOKENIZER.decode(row))
+    expected = {split_text(t)[0] + ("<pause>" * 4 if mode == "pause" else "") + split_text(t)[2] for t in texts}
+    assert seen == expected
+
+
+def test_gumbel_rows_are_prompt_and_answer_only():
+    texts = [TEXT, "12+34=<think>2+4=6 1+3=4</think>46<end>", "13+34=<think>3+4=7 1+3=4</think>47<end>"]
+    data = gumbel_groups(texts, ModeSettings("gumbel", "trace"), 128)
+    assert set(data.groups) == {(8, 23, 4), (6, 11, 3)}
+    assert [TOKENIZER.decode(r) for r in data.groups[(6, 11, 3)]] == ["12+34=46<end>", "13+34=47<end>"]
+    fixed = gumbel_groups(texts, ModeSettings("gumbel", "5"), 128)
+    assert set(fixed.groups) == {(8, 5, 4), (6, 5, 3)}
+
+
+def test_removing_trace_tokens_pads_on_the_right_and_masks_the_padding():
+    a = "12+34=<think>2+4=6 1+3=4</think>46<end>"  # trace of 11 tokens
+    b = "1+2+3=<think>1+2+3=6</think>666666<end>"  # trace of 7, same total length (not a true sum: no matter)
+    ids = torch.tensor([TOKENIZER.encode(a), TOKENIZER.encode(b)])
+    out, mask = remove_trace_tokens(ids, torch.tensor([9, 9]))
+    assert TOKENIZER.decode(out[0]) == "12+34=<think>=4</think>46<end>" == internalize_text(a, 9)
+    assert TOKENIZER.decode(out[1]) == "1+2+3=<think></think>666666<end>" == internalize_text(b, 9)
+    assert TOKENIZER.decode(out[0], skip_pad=False).endswith("<end><pad><pad>")
+    assert mask[0].tolist() == [False] * 5 + [True] * 7 + [False] * 2  # targets after '=', not the padding
+    assert mask[1].tolist() == [False] * 5 + [True] * 9
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    cfg = TrainConfig(mode="internalize", internalize_start=0.2, internalize_end=0.6)
+    removed = [internalize_removed(cfg, s, 100, 20) for s in range(100)]
+    assert removed[0] == removed[20] == 0 and removed[60] == removed[99] == 20
+    assert all(a <= b for a, b in zip(removed, removed[1:])) and removed[40] == 10
+    staged = TrainConfig(mode="internalize", internalize_end=1.0, internalize_stages=4)
+    assert sorted({internalize_removed(staged, s, 100, 20) for s in range(100)}) == [0, 5, 10, 15]
+    smooth = TrainConfig(mode="internalize", internalize_smoothing=1.0, seed=5)
+    assert torch.equal(smoothing_offsets(smooth, 7, 50, 10), smoothing_offsets(smooth, 7, 50, 10))
+    assert smoothing_offsets(smooth, 7, 2000, 10).float().mean() < 1.0  # P(o) ∝ exp(-o)
+    anneal = TrainConfig(mode="gumbel", gumbel_temperature=2.0, gumbel_temperature_end=0.5)
+    assert gumbel_temperature(anneal, 0, 11) == 2.0 and gumbel_temperature(anneal, 10, 11) == pytest.approx(0.5)
+    assert gumbel_temperature(anneal, 5, 11) == pytest.approx(1.0)  # exponential: geometric mean half-way
+
+
+def test_bad_mode_settings_fail_clearly():
+    with pytest.raises(ValueError, match="unknown --mode 'bogus'"):
+        TrainConfig(mode="bogus")
+    with pytest.raises(ValueError, match="think-tokens"):
+        TrainConfig(mode="gumbel", think_tokens="lots")
+    with pytest.raises(ValueError, match="--use-gumbel contradicts --mode pause"):
+        TrainConfig(mode="pause", use_gumbel=True)
+    assert TrainConfig(use_gumbel=True).to_dict() == TrainConfig(mode="gumbel").to_dict()  # the seed's alias
+
+
+# --- the Gumbel-softmax step ------------------------------------------------------------------------------
+
+def gumbel_problem(k=5, alphabet="latent", dtype=torch.float64):
+    torch.manual_seed(0)
+    model = MathTransformer(ModelConfig.from_preset("tiny", init_std=0.2)).to(dtype)
+    prompt = torch.tensor([TOKENIZER.encode(f"{10 + i}+{30 + i}=") for i in range(4)])
+    answer = torch.tensor([TOKENIZER.encode(f"{40 + 2 * i}<end>") for i in range(4)])
+    ids = torch.tensor(THINK_ALPHABETS[alphabet])
+    noise = gumbel_noise((4, k, len(ids)), 5, torch.device("cpu")).to(dtype)
+    return model, prompt, answer, ids, noise
+
+
+def grads_of(model, fn):
+    model.zero_grad(set_to_none=True)
+    out = fn()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def sequential(model, prompt, answer, alphabet, noise, use_cache=True, k=5):
+    out = gumbel_loss_sequential(model, prompt, answer, k, alphabet, noise, 0.7, 0.05, use_cache=use_cache)
+    out.loss.backward()
+    return out
+
+
+def test_cached_sampling_equals_uncached_sampling():
+    model, prompt, _, alphabet, noise = gumbel_problem(k=6)
+    prefix = torch.cat([prompt, torch.full((4, 1), THINK_ID)], 1)
+    for n in (noise, None):
+        assert torch.equal(sample_think(model, prefix, 6, alphabet, n), sample_think(model, prefix, 6, alphabet, n,
+                                                                                      use_cache=False))
+
+
+def test_cached_gumbel_gradient_equals_uncached_and_parallel_at_full_depth():
+    model, prompt, answer, alphabet, noise = gumbel_problem()
+    cached, g_cached = grads_of(model, lambda: sequential(model, prompt, answer, alphabet, noise))
+    uncached, g_uncached = grads_of(model, lambda: sequential(model, prompt, answer, alphabet, noise, use_cache=False))
+    exact, g_exact = grads_of(model, lambda: gumbel_backward_parallel(model, prompt, answer, 5, alphabet, noise, 0.7,
+                                                                      0.05, depth=5))
+    cheap, g_cheap = grads_of(model, lambda: gumbel_backward_parallel(model, prompt, answer, 5, alphabet, noise, 0.7,
+                                                                      0.05, depth=1))
+    assert torch.equal(cached.think, uncached.think) and torch.equal(cached.think, exact.think)
+    assert cached.loss.item() == pytest.approx(uncached.loss.item(), abs=1e-12)
+    assert cached.loss.item() == pytest.approx(exact.loss.item(), abs=1e-12)
+    for name in g_cached:
+        assert torch.allclose(g_cached[name], g_uncached[name], atol=1e-12), name
+        assert torch.allclose(g_cached[name], g_exact[name], atol=1e-10), name
+    assert any(not torch.allclose(g_cached[n], g_cheap[n], atol=1e-6) for n in g_cached)  # depth 1 truncates
+
+
+@pytest.mark.parametrize("how", ["sequential", "parallel"])
+def test_gradients_reach_the_embeddings_of_the_think_tokens(how):
+    model, prompt, answer, alphabet, noise = gumbel_problem()
+    if how == "sequential":
+        out, grads = grads_of(model, lambda: sequential(model, prompt, answer, alphabet, noise))
+    else:
+        out, grads = grads_of(model, lambda: gumbel_backward_parallel(model, prompt, answer, 5, alphabet, noise, 0.7))
+    written = set(out.think.flatten().tolist())
+    assert written <= set(LATENT_IDS)
+    for token in written:  # every think token the model wrote gets a gradient in its embedding row
+        assert grads["embed.W_E"][token].abs().sum() > 0
+    never = set(LATENT_IDS) - written
+    for token in never:  # the soft sample reaches unwritten symbols through the logits only, not the input rows
+        assert grads["embed.W_E"][token].abs().sum() == 0
+
+
+def test_no_gradient_comes_from_think_token_targets():
+    """The loss scores the answer only: the logits at the think positions get no gradient from the loss (only
+    the straight-through path through the samples, which this forward has none of)."""
+    model, prompt, answer, alphabet, noise = gumbel_problem()
+    captured = {}
+
+    def keep(module, inputs, output):
+        if output.requires_grad:  # the teacher-forced pass, not the sampling steps
+            output.retain_grad()
+            captured["logits"] = output
+
+    handle = model.unembed.register_forward_hook(keep)
+    try:
+        answer_logits, *_ = gumbel_forward_parallel(model, prompt, answer, 5, alphabet, noise)
+        torch.nn.functional.cross_entropy(answer_logits.flatten(0, 1), answer.flatten()).backward()
+    finally:
+        handle.remove()
+    grad = captured["logits"].grad  # [B, P + 1 + K + A, V]
+    P = prompt.shape[1]
+    assert grad[:, : P + 1 + 5].abs().sum() == 0  # prompt, <think> and the think tokens predict nothing scored
+    assert grad[:, P + 1 + 5 :].abs().sum() > 0
+
+
+def test_gumbel_loss_ignores_what_the_human_trace_says():
+    a = "12+34=<think>2+4=6 1+3=4</think>46<end>"
+    b = "12+34=<think>9+9=9 9+9=9</think>46<end>"  # a wrong trace of the same length
+    settings = ModeSettings("gumbel", "trace")
+    assert torch.equal(gumbel_groups([a], settings, 64).groups[(6, 11, 3)], gumbel_groups([b], settings, 64).groups[(6, 11, 3)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_sampling_equals_eager_sampling():
+    torch.manual_seed(0)
+    model = MathTransformer(ModelConfig.from_preset("tiny", init_std=0.2)).cuda()
+    prompt = torch.tensor([TOKENIZER.encode(f"{10 + i}+{30 + i}=") for i in range(8)], device="cuda")
+    prefix = torch.cat([prompt, torch.full((8, 1), THINK_ID, device="cuda")], 1)
+    alphabet = torch.tensor(THINK_ALPHABETS["digits"], device="cuda")
+    for seed in range(3):
+        noise = gumbel_noise((8, 7, len(alphabet)), seed, torch.device("cuda"))
+        eager = sample_think(model, prefix, 7, alphabet, noise)
+        assert torch.equal(sample_think(model, prefix, 7, alphabet, noise, cuda_graph=True), eager)
+    with torch.no_grad():
+        model.W_E.mul_(3.0)  # the graph reads the live weights (the optimizer updates them in place)
+    noise = gumbel_noise((8, 7, len(alphabet)), 9, torch.device("cuda"))
+    assert torch.equal(sample_think(model, prefix, 7, alphabet, noise, cuda_graph=True),
+                       sample_think(model, prefix, 7, alphabet, noise))
+
+
+# --- training in every mode ----------------------------------------------------------------------------------
+
+MODE_RUNS = {
+    "teacher": {},
+    "answer-only": {},
+    "pause": {"think_tokens": "3"},
+    "gumbel": {"think_tokens": "4"},
+    "gumbel-latent-sequential": {"mode": "gumbel", "think_alphabet": "latent", "think_tokens": "3",
+                                 "gumbel_backward": "sequential", "entropy_weight": 0.01},
+    "gumbel-trace-mixed": {"mode": "gumbel", "mix_teacher": 0.5, "gumbel_temperature_end": 0.3},
+    "internalize": {"internalize_smoothing": 4.0, "internalize_reset_optimizer": True, "internalize_end": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", list(MODE_RUNS))
+def test_each_mode_trains_a_tiny_model_with_finite_loss(tiny_dataset, tmp_path, name):
+    settings = dict(MODE_RUNS[name])
+    settings.setdefault("mode", name)
+    result = train(tiny_config(tiny_dataset, tmp_path / name, evaluate_test=True, **settings), console_log=False)
+    losses = [m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    record = json.loads((tmp_path / name / "training_config.json").read_text())
+    assert record["config"]["mode"] == settings["mode"]
+    assert result.test_results["mode"] == settings["mode"] and 0 <= result.test_results["exact_match"] <= 1
+    assert (result.test_results["think_exact"] is None) == (settings["mode"] not in ("teacher", "internalize"))
+    from mathllm.modes import read_mode_metadata
+
+    assert read_mode_metadata(tmp_path / name)["mode"] == settings["mode"]
+
+
+@pytest.mark.parametrize("settings", [
+    {"mode": "gumbel", "think_tokens": "3", "mix_teacher": 0.3, "gumbel_temperature_end": 0.5},
+    {"mode": "internalize", "internalize_smoothing": 2.0, "internalize_reset_optimizer": True,
+     "internalize_end": 0.8},
+])
+def test_interrupted_mode_runs_resume_to_the_same_weights(tiny_dataset, tmp_path, settings):
+    train(tiny_config(tiny_dataset, tmp_path / "straight", max_steps=8, **settings), console_log=False)
+
+    def stop_at_4(metrics):
+        if metrics["step"] == 4 and "loss" in metrics:
+            raise KeyboardInterrupt
+
+    cfg = tiny_config(tiny_dataset, tmp_path / "resumed", max_steps=8, **settings)
+    assert train(cfg, on_log=stop_at_4, console_log=False).interrupted
+    assert [s for s, _ in find_checkpoints(tmp_path / "resumed")] == [4]
+    train(cfg, console_log=False)
+    a = MathTransformer.from_pretrained(tmp_path / "straight").state_dict()
+    b = MathTransformer.from_pretrained(tmp_path / "resumed").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warm_start_loads_the_weights(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path / "teacher", max_steps=2), console_log=False)
+    train(tiny_config(tiny_dataset, tmp_path / "warm", mode="gumbel", think_tokens="2", max_steps=2,
+                      learning_rate=0.0, init_from=str(tmp_path / "teacher")), console_log=False)
+    a = MathTransformer.from_pretrained(tmp_path / "teacher").state_dict()
+    b = MathTransformer.from_pretrained(tmp_path / "warm").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="d_model"):
+        train(tiny_config(tiny_dataset, tmp_path / "bad", model_size="mini", init_from=str(tmp_path / "teacher")),
+              console_log=False)
+
+
+# --- generation, evaluation and the playground in each mode -----------------------------------------------------
+
+def model_of_mode(**config) -> MathTransformer:
+    torch.manual_seed(0)
+    model = MathTransformer.from_preset("tiny")
+    model.training_meta = {"config": config}
+    return model.eval()
+
+
+def test_a_gumbel_model_writes_its_own_trace_from_its_alphabet():
+    from mathllm.modes import generate_for_mode
+
+    model = model_of_mode(mode="gumbel", think_tokens="trace", think_alphabet="latent")
+    out = generate_for_mode(model, ["658+189=", "3+5=", "12+34="], max_new_tokens=5)
+    for prompt, completion in zip(["658+189=", "3+5=", "12+34="], out):
+        ids = TOKENIZER.encode(completion)
+        assert ids[0] == THINK_ID and ids[1 + human_trace_length(prompt)] == END_THINK_ID
+        assert set(ids[1 : 1 + human_trace_length(prompt)]) <= set(LATENT_IDS)
+
+
+def test_a_pause_model_is_given_its_pauses():
+    from mathllm.modes import generate_for_mode
+
+    model = model_of_mode(mode="pause", think_tokens="4")
+    (completion,) = generate_for_mode(model, ["12+34="], max_new_tokens=3)
+    assert completion.startswith("<pause>" * 4) and not completion.startswith("<pause>" * 5)
+
+
+def test_evaluation_and_playground_handle_every_mode(tiny_dataset):
+    from mathllm.data import load_split
+    from mathllm.evaluate import evaluate_examples
+    from mathllm.playground import run_expression
+
+    examples = load_split(tiny_dataset / "test.jsonl")[:20]
+    for config in ({"mode": "answer-only"}, {"mode": "pause", "think_tokens": "trace"},
+                   {"mode": "gumbel", "think_tokens": "3", "think_alphabet": "digits"}, {"mode": "internalize"}):
+        model = model_of_mode(**config)
+        res = evaluate_examples(model, examples)
+        assert res["mode"] == config["mode"] and res["num_examples"] == 20 and 0 <= res["token_accuracy"] <= 1
+        played = run_expression(model, "12+34")
+        assert played.mode == config["mode"] and len(played.tokens) == len(played.token_probs)
+        if config["mode"] == "gumbel":
+            assert played.completion.startswith("<think>") and len(TOKENIZER.encode(played.completion)) >= 5
+            from mathllm.widgets import result_html
+
+            assert "the think tokens are the model's own" in result_html(played)
+
+
+def test_a_lone_safetensors_file_still_names_its_mode(tiny_dataset, tmp_path):
+    from mathllm.evaluate import load_model
+    from mathllm.modes import mode_settings
+
+    train(tiny_config(tiny_dataset, tmp_path / "run", mode="pause", think_tokens="2", max_steps=2), console_log=False)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (lone / name).write_bytes((tmp_path / "run" / name).read_bytes())
+    assert mode_settings(load_model(lone, device="cpu")) == ModeSettings("pause", "2", "digits")
+
+
+# --- command lines -------------------------------------------------------------------------------------------
+
+def run_script(name: str, *argv: str) -> int:
+    """Run ``scripts/<name>.py``'s main in this process, as its command line would (errors -> exit code 2)."""
+    import importlib.util
+
+    from mathllm.cli import run_cli
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return run_cli(lambda: module.main(list(argv)))
+
+
+def test_train_cli_use_gumbel_is_the_gumbel_mode(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_script("train", "--model-size", "tiny", "--data-dir", str(tiny_dataset), "--output-dir", str(out),
+                      "--no-wandb", "--batch-size", "8", "--max-steps", "2", "--logging-steps", "1", "--eval-steps",
+                      "100", "--no-evaluate-test", "--use-gumbel", "--gumbel-temperature", "0.5", "--think-tokens", "2",
+                      "--no-progress") == 0
+    config = json.loads((out / "training_config.json").read_text())["config"]
+    assert config["mode"] == "gumbel" and config["gumbel_temperature"] == 0.5 and config["think_tokens"] == "2"
+    capsys.readouterr()
+    assert run_script("train", "--mode", "bogus", "--data-dir", str(tiny_dataset)) == 2
+    err = capsys.readouterr().err
+    assert "unknown --mode 'bogus'" in err and "Traceback" not in err
+
+
+def test_modes_experiment_writes_one_summary(tiny_dataset, tmp_path, capsys):
+    assert run_script("modes_experiment", "--data-dir", str(tiny_dataset), "--model-size", "tiny", "--max-steps", "4",
+                      "--batch-size", "8", "--seeds", "1", "2", "--device", "cpu", "--output-root",
+                      str(tmp_path / "modes"), "--analyse-examples", "30", "--modes", "answer-only",
+                      "g2:mode=gumbel,think_tokens=2", "--logging-steps", "2", "--eval-steps", "4",
+                      "--eval-examples", "8") == 0
+    summary = json.loads((tmp_path / "modes" / "summary.json").read_text())
+    assert [(r["name"], r["seed"]) for r in summary["runs"]] == [("answer-only", 1), ("g2", 1), ("answer-only", 2),
+                                                                  ("g2", 2)]
+    for run in summary["runs"]:
+        assert (tmp_path / "modes" / f"{run['name']}-seed{run['seed']}" / "model.safetensors").is_file()
+        assert 0 <= run["test_exact_match"] <= 1 and run["seconds_per_step"] > 0
+        assert run["settings"]["mode"] == run["mode"] and [m["step"] for m in run["learning_curve"] if "loss" in m] == [2, 4]
+    g2 = summary["runs"][1]
+    assert g2["mode"] == "gumbel" and g2["settings"]["think_tokens"] == "2"
+    assert len(g2["think_analysis"]["entropy_bits_per_position"]) == 2 and g2["think_analysis"]["most_informative"]
+    assert summary["aggregate"]["g2"]["seeds"] == [1, 2]
+    capsys.readouterr()
+    assert run_script("modes_experiment", "--data-dir", str(tiny_dataset), "--max-steps", "2", "--seed", "4",
+                      "--output-root", str(tmp_path / "x"), "--dry-run") == 2
+    assert "seed" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_benchmark_script_prints_the_ratios(capsys):
+    assert run_script("benchmark_modes", "--model-size", "tiny", "--batch-size", "8", "--num-examples", "2000",
+                      "--steps", "1", "--repeats", "1", "--warmup", "1", "--device", "cpu") == 0
+    out = capsys.readouterr().out
+    assert "x teacher" in out and "gumbel" in out and "uncached" in out and "peak MiB" in out
