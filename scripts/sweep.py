@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         results = [run_one(job) for job in jobs]
     Path(args.output).write_text(json.dumps(results, indent=1))
     for r in sorted(results, key=lambda r: -(r["test_exact_match"] or 0)):
-        print(f"{r['name']:>24}  test exact match {r['test_exact_match']:.4f}  ({r['seconds']:.0f} s)")
+        em = "-" if r["test_exact_match"] is None else f"{r['test_exact_match']:.4f}"
+        print(f"{r['name']:>24}  test exact match {em}  ({r['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

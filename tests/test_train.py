@@ -57,6 +57,34 @@ def test_batches_hold_no_padding_and_cover_every_example_once():
     assert sorted(seen) == sorted(texts)
 
 
+def test_operand_balance_repeats_rare_operand_counts():
+    two = [f"{a}+{b}=<think>{a}+{b}={a + b}</think>{a + b}<end>" for a, b in [(1, 2), (3, 4)]]
+    three = [f"{a}+{b}+{c}={a + b + c}<end>" for a, b, c in
+             [(1, 1, 1), (1, 2, 3), (2, 2, 2), (3, 1, 2), (1, 1, 4), (2, 1, 1), (1, 3, 1), (2, 3, 1)]]
+
+    def operand_counts(balance: float) -> dict[int, int]:
+        data = LengthGroupedData.from_texts(two + three, max_length=64, operand_balance=balance)
+        counts = {2: 0, 3: 0}
+        for length, index in data.epoch_batches(batch_size=3, epoch=0, seed=0):
+            for row in data.groups[length][index]:
+                counts[TOKENIZER.decode(row).split("=")[0].count("+") + 1] += 1
+        return counts
+
+    assert operand_counts(0.0) == {2: 2, 3: 8}  # as generated: every example once
+    assert operand_counts(1.0) == {2: 8, 3: 8}  # 4x fewer two-operand problems, each repeated 4 times
+    assert operand_counts(0.5) == {2: 4, 3: 8}  # sqrt(4) = 2 repeats
+
+
+def test_shape_overrides_reach_the_model(tmp_path):
+    from mathllm.data import generate_dataset, write_dataset
+
+    write_dataset(generate_dataset(num_examples=300, max_digits=2, seed=1), tmp_path / "data")
+    cfg = tiny_config(tmp_path / "data", tmp_path / "run", max_steps=2, n_heads=8, d_mlp=128, save_steps=100)
+    train(cfg, console_log=False)
+    model = MathTransformer.from_pretrained(tmp_path / "run")
+    assert (model.cfg.n_heads, model.cfg.d_mlp, model.cfg.d_model, model.cfg.n_layers) == (8, 128, 64, 2)
+
+
 def test_epoch_order_is_deterministic_per_seed_and_changes_between_epochs():
     texts = [f"{a}+{b}={a + b}<end>" for a in range(10) for b in range(10)]
     data = LengthGroupedData.from_texts(texts, max_length=64)
