@@ -28,3 +28,26 @@ def test_shipped_checkpoint_is_accurate_on_a_fixed_test_set():
     results = evaluate_examples(model, test, batch_size=250)
     assert results["num_examples"] == 1000
     assert results["exact_match"] >= 0.99, results["failures"][:3]
+
+
+FREE_THINKER = SHIPPED_CHECKPOINT.parent / "free_gumbel_add4"
+
+
+def test_shipped_free_thinker_records_its_mode_and_writes_its_own_trace():
+    """Notebook 08's gumbel model: its mode is recorded, and it writes K think tokens of its alphabet itself."""
+    from mathllm.modes import generate_for_mode, mode_settings
+
+    record = json.loads((FREE_THINKER / "training_config.json").read_text())
+    assert record["mode"] == "gumbel" and record["think_tokens"] == "trace"
+    model = load_model(FREE_THINKER, device="cpu")
+    settings = mode_settings(model)
+    assert settings.mode == "gumbel"
+    test = list(dataset_for_checkpoint(FREE_THINKER)["test"])[:200]
+    completions = generate_for_mode(model, [ex["prompt"] for ex in test], settings, max_new_tokens=48)
+    for ex, completion in zip(test, completions):
+        assert completion.startswith("<think>") and "</think>" in completion, completion
+        think = completion[len("<think>"): completion.index("</think>")]
+        assert set(think) <= set("0123456789+= "), think
+    results = evaluate_examples(model, test, batch_size=200)
+    recorded = json.loads((FREE_THINKER / "test_results.json").read_text())["exact_match"]
+    assert abs(results["exact_match"] - recorded) < 0.1  # 200 of the same test split vs all 10,000
