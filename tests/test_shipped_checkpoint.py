@@ -37,7 +37,7 @@ def test_shipped_free_thinker_records_its_mode_and_writes_its_own_trace():
     """Notebook 08's gumbel model: its mode is recorded, and it writes K think tokens of its alphabet itself."""
     from mathllm.modes import generate_for_mode, mode_settings
 
-    record = json.loads((FREE_THINKER / "training_config.json").read_text())
+    record = json.loads((FREE_THINKER / "training_config.json").read_text())["config"]
     assert record["mode"] == "gumbel" and record["think_tokens"] == "trace"
     model = load_model(FREE_THINKER, device="cpu")
     settings = mode_settings(model)
