@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -102,3 +103,14 @@ def resolve_device(device: str = "auto") -> "torch.device":
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device} was requested but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``with eval_mode(model): ...`` runs in eval mode, then restores the model's own train/eval flag."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

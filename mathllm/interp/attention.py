@@ -26,6 +26,7 @@ import torch
 
 from mathllm.interp.positions import axis_labels, position_kinds, position_of
 from mathllm.tokenizer import TOKENIZER
+from mathllm.utils import eval_mode
 
 
 def pattern_hook_names(cfg) -> list[str]:
@@ -111,12 +112,8 @@ def _as_ids(model, text_or_ids) -> torch.Tensor:
 @torch.inference_mode()
 def _patterns(model, ids: torch.Tensor) -> torch.Tensor:
     names = set(pattern_hook_names(model.cfg))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, cache = model.run_with_cache(ids, names_filter=lambda n: n in names, return_cache_object=False)
-    finally:
-        model.train(was_training)
     return torch.stack([cache[n] for n in pattern_hook_names(model.cfg)], dim=1)  # [batch, layer, head, q, k]
 
 

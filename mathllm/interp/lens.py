@@ -21,6 +21,7 @@ import torch
 from mathllm.interp.positions import axis_labels, position_kinds
 from mathllm.interp.probes import Activations, residual_streams
 from mathllm.tokenizer import TOKENIZER, VOCAB
+from mathllm.utils import eval_mode
 
 
 def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
@@ -65,12 +66,8 @@ def logit_lens(model, text: str) -> LogitLens:
     ids = torch.tensor([TOKENIZER.encode(text)], device=model.W_E.device)
     streams = residual_streams(model.cfg)
     names = {hook for _, hook in streams}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, cache = model.run_with_cache(ids, names_filter=lambda n: n in names, return_cache_object=False)
-    finally:
-        model.train(was_training)
     stacked = torch.stack([cache[hook][0] for _, hook in streams])  # [stream, pos, d_model]
     probs = lens_logits(model, stacked).softmax(-1).float().cpu().numpy()
     tokens = TOKENIZER.str_tokens(ids[0].tolist())

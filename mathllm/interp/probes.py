@@ -41,6 +41,7 @@ import torch
 
 from mathllm.interp.positions import kind_counts, label_table, position_kinds
 from mathllm.tokenizer import PAD_ID, TOKENIZER
+from mathllm.utils import eval_mode
 
 
 def residual_streams(cfg) -> list[tuple[str, str]]:
@@ -105,9 +106,7 @@ def cache_activations(model, examples: Sequence[Mapping[str, Any]], kinds: Seque
     acts = torch.zeros((len(hooks), n, K, d), dtype=torch.float32)
     device = model.W_E.device
     hook_set = set(hooks)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         order = sorted(range(n), key=lambda i: len(ids[i]))  # similar lengths together: little padding
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
@@ -124,8 +123,6 @@ def cache_activations(model, examples: Sequence[Mapping[str, Any]], kinds: Seque
                 resid = cache[hook]  # [b, width, d]
                 picked = resid.gather(1, pos.unsqueeze(-1).expand(-1, -1, d)) * mask
                 acts[s, index] = picked.float().cpu()
-    finally:
-        model.train(was_training)
     return Activations(examples, labels, hooks, kinds, acts, present, positions)
 
 
