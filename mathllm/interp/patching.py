@@ -108,11 +108,7 @@ def digit_change_pairs(problems: Sequence[Mapping[str, Any]], column: int = 1, o
         elif template_of(ops) != template:
             raise ValueError(f"{ex['text']!r} does not line up with the first problem; draw problems with "
                              "same_template_problems")
-        width = len(str(ops[operand]))
-        low = 1 if column == width - 1 and width > 1 else 0
-        candidates = [d for d in range(low, 10) if d != operand_digit(ops[operand], column)]
-        rng.shuffle(candidates)
-        for digit in candidates:
+        for digit in _other_digits(ops, operand, column, rng):
             new = _with_digit(ops, operand, column, digit)
             if template_of(new) == template:
                 text_c, next_c, kinds = _prefix_through(make_example(ops)["text"],
@@ -125,6 +121,15 @@ def digit_change_pairs(problems: Sequence[Mapping[str, Any]], column: int = 1, o
     return _pairs(clean, corrupted, clean_next, corrupted_next, kinds,
                   f"operand {LETTERS[operand]}'s digit in column {column} changes, no carry does; metric at "
                   f"the position that writes answer digit {column}")
+
+
+def _other_digits(ops: Sequence[int], operand: int, column: int, rng: np.random.Generator) -> list[int]:
+    """The digits ``operand`` could have in ``column`` instead of its own, shuffled (no leading zero)."""
+    width = len(str(ops[operand]))
+    low = 1 if column == width - 1 and width > 1 else 0
+    candidates = [d for d in range(low, 10) if d != operand_digit(ops[operand], column)]
+    rng.shuffle(candidates)
+    return candidates
 
 
 def _before_answer_digit(template: Sequence[str], column: int) -> str:
@@ -153,12 +158,8 @@ def carry_flip_pairs(problems: Sequence[Mapping[str, Any]], column: int = 0, ope
             kinds = prefix_kinds
         elif prefix_kinds != kinds:
             raise ValueError(f"{text!r} does not line up with the first problem up to {end_kind}")
-        width = len(str(ops[operand]))
-        low = 1 if column == width - 1 and width > 1 else 0
         carry = _carry_out(ops, column)
-        candidates = [d for d in range(low, 10) if d != operand_digit(ops[operand], column)]
-        rng.shuffle(candidates)
-        for digit in candidates:
+        for digit in _other_digits(ops, operand, column, rng):
             new = _with_digit(ops, operand, column, digit)
             if _carry_out(new, column) == carry:
                 continue
