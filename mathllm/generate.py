@@ -215,7 +215,9 @@ def _run_with_drafts(model, encoded: list[list[int]], max_news: list[int], draft
     drafts = [d[:m] for d, m in zip(drafts, max_news)]
     if stop_at_end:
         drafts = [d[: d.index(END_ID) + 1] if END_ID in d else d for d in drafts]
-    seqs = [p + d for p, d in zip(encoded, drafts)]
+    # a draft that ends in <end> needs no prediction after it: its <end> is not fed (one token less per row)
+    feeds = [d[:-1] if stop_at_end and d and d[-1] == END_ID else d for d in drafts]
+    seqs = [p + f for p, f in zip(encoded, feeds)]
     jobs = _batches([len(s) for s in seqs], batch_size, workers)
     checked: list[Any] = [None] * len(encoded)
 
@@ -223,7 +225,7 @@ def _run_with_drafts(model, encoded: list[list[int]], max_news: list[int], draft
         _, chunk = jobs[job]
         with torch.inference_mode():
             ids = torch.tensor([seqs[i] for i in chunk], dtype=torch.long, device=device)
-            out = _draft_batch(model, ids, [len(encoded[i]) for i in chunk], [drafts[i] for i in chunk], return_probs)
+            out = _draft_batch(model, ids, [len(encoded[i]) for i in chunk], [feeds[i] for i in chunk], return_probs)
         for i, res in zip(chunk, out):
             checked[i] = res
 

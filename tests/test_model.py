@@ -123,27 +123,29 @@ def test_future_tokens_do_not_change_past_logits(positional):
 def test_fused_and_explicit_attention_agree(positional):
     model = make_model(positional)
     ids = random_ids(3, 20)
+    model.set_attention_backend("sdpa")
     fused = model(ids)
     model.force_explicit_attention(True)
     explicit = model(ids)
-    model.force_explicit_attention(False)
+    model.set_attention_backend("auto")  # explicit on this CPU
+    torch.testing.assert_close(model(ids), explicit, rtol=0, atol=0)
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
     # and the gradients agree too
     model.train()
     grads = []
-    for explicit_on in (False, True):
+    for backend in ("sdpa", "explicit"):
         model.zero_grad()
-        model.force_explicit_attention(explicit_on)
+        model.set_attention_backend(backend)
         model(ids, return_type="loss").backward()
         grads.append(model.blocks[0].attn.W_Q.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("positional", POSITIONAL)
-@pytest.mark.parametrize("explicit", [False, True])
-def test_kv_cache_gives_the_same_logits_as_one_full_pass(positional, explicit):
+@pytest.mark.parametrize("backend", ["sdpa", "explicit"])
+def test_kv_cache_gives_the_same_logits_as_one_full_pass(positional, backend):
     model = make_model(positional)
-    model.force_explicit_attention(explicit)
+    model.set_attention_backend(backend)
     ids = random_ids(3, 24)
     full = model(ids)
     cache = KVCache.for_model(model, 3, capacity=4)  # small on purpose: it has to grow
@@ -437,3 +439,16 @@ def test_cfg_device_follows_the_model():
     assert model(random_ids()).dtype == torch.float64
     other = MathTransformer(model.cfg)
     assert other.cfg is not model.cfg  # each model owns its config copy
+
+
+def test_attention_backend_is_checked_and_a_hooked_pattern_is_computed_even_with_sdpa():
+    model = make_model()
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        model.set_attention_backend("flash")
+    model.set_attention_backend("sdpa")
+    ids = random_ids(2, 12)
+    _, cache = model.run_with_cache(ids, names_filter="blocks.0.attn.hook_pattern")
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    assert pattern.shape == (2, model.cfg.n_heads, 12, 12)
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(2, model.cfg.n_heads, 12))
+    assert float(pattern.triu(1).abs().max()) == 0.0  # causal
