@@ -16,6 +16,7 @@ torch's own intra-op threads, by 3-5x when other processes compete for the cores
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import defaultdict
@@ -318,18 +319,20 @@ def generate(
 
     was_training = model.training
     model.eval()
+    frozen = model.frozen_weights() if hasattr(model, "frozen_weights") else contextlib.nullcontext()
     try:
-        if drafts is None:
-            results = _run_generation(model, encoded, max_news, temperature, stop_at_end, return_probs,
-                                      batch_size, generator, workers)
-        else:
-            if temperature > 0:
-                raise ValueError("drafts work with greedy generation only (temperature=0)")
-            if len(drafts) != len(encoded):
-                raise ValueError(f"got {len(drafts)} drafts for {len(encoded)} prompts")
-            draft_ids = [_draft_ids(d, vocab) for d in drafts]
-            results = _run_with_drafts(model, encoded, max_news, draft_ids, stop_at_end, return_probs,
-                                       batch_size, workers)
+        with frozen:
+            if drafts is None:
+                results = _run_generation(model, encoded, max_news, temperature, stop_at_end, return_probs,
+                                          batch_size, generator, workers)
+            else:
+                if temperature > 0:
+                    raise ValueError("drafts work with greedy generation only (temperature=0)")
+                if len(drafts) != len(encoded):
+                    raise ValueError(f"got {len(drafts)} drafts for {len(encoded)} prompts")
+                draft_ids = [_draft_ids(d, vocab) for d in drafts]
+                results = _run_with_drafts(model, encoded, max_news, draft_ids, stop_at_end, return_probs,
+                                           batch_size, workers)
     finally:
         model.train(was_training)
 

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -374,6 +375,7 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(d))
         self.attn_scale = math.sqrt(dh)
         self.backend = "auto"  # "auto" | "explicit" | "sdpa": set by MathTransformer.set_attention_backend
+        self.frozen_qkv: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # set by MathTransformer.frozen_weights
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]  before rotary
         self.hook_k = HookPoint()  # [batch, pos, head, d_head]  before rotary; new positions only when cached
         self.hook_v = HookPoint()  # [batch, pos, head, d_head]
@@ -390,6 +392,8 @@ class Attention(nn.Module):
         Rebuilt on every call (a copy of 3 d_model^2 floats, a few % of a decode step): caching it
         would go stale when a notebook edits ``W_Q.data`` in place, which PyTorch does not track.
         """
+        if self.frozen_qkv is not None:
+            return self.frozen_qkv
         d, n = self.cfg.d_model, 3 * self.cfg.n_heads * self.cfg.d_head
         W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0).permute(1, 0, 2).reshape(d, n)
         b = torch.cat([self.b_Q, self.b_K, self.b_V], dim=0).reshape(n)
@@ -592,6 +596,22 @@ class MathTransformer(HookedRootModule):
             raise ValueError(f"unknown attention backend {backend!r}; choose one of {list(ATTENTION_BACKENDS)}")
         for block in self.blocks:
             block.attn.backend = backend
+
+    @contextmanager
+    def frozen_weights(self) -> Iterator["MathTransformer"]:
+        """Inside ``with model.frozen_weights():`` each layer's fused ``[W_Q | W_K | W_V]`` matrix is built once,
+        not on every forward (``generate`` uses it: weights cannot change mid-generation, and at batch 64 the
+        rebuild is ~5% of a decode step). Edits to the weights inside the block are not seen; no gradients."""
+        saved = [block.attn.frozen_qkv for block in self.blocks]
+        with torch.no_grad():
+            fused = [tuple(t.detach() for t in block.attn._qkv_weight()) for block in self.blocks]
+        for block, qkv in zip(self.blocks, fused):
+            block.attn.frozen_qkv = qkv
+        try:
+            yield self
+        finally:
+            for block, qkv in zip(self.blocks, saved):
+                block.attn.frozen_qkv = qkv
 
     def force_explicit_attention(self, on: bool = True) -> None:
         """Always compute attention explicitly (``True``), or go back to ``"auto"`` (``False``)."""

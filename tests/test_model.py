@@ -452,3 +452,16 @@ def test_attention_backend_is_checked_and_a_hooked_pattern_is_computed_even_with
     assert pattern.shape == (2, model.cfg.n_heads, 12, 12)
     torch.testing.assert_close(pattern.sum(-1), torch.ones(2, model.cfg.n_heads, 12))
     assert float(pattern.triu(1).abs().max()) == 0.0  # causal
+
+
+def test_frozen_weights_give_the_same_logits_and_are_released_after_the_block():
+    model = make_model()
+    ids = random_ids(2, 10)
+    before = model(ids)
+    with model.frozen_weights():
+        torch.testing.assert_close(model(ids), before, rtol=0, atol=0)
+        assert all(block.attn.frozen_qkv is not None for block in model.blocks)
+    assert all(block.attn.frozen_qkv is None for block in model.blocks)
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q.mul_(2.0)  # an edit after the block takes effect
+    assert (model(ids) - before).abs().max() > 1e-4
