@@ -111,6 +111,7 @@ class TrainConfig:
     mix_teacher: float = 0.0  # other modes: share of steps trained in teacher mode instead
     mix_teacher_end: float | None = None  # anneal that share linearly to this by the last step (a curriculum)
     operand_balance: float = 0.0  # oversample rare operand counts: repeat ~(largest/count)**this; 1 = equal shares
+    prompt_loss_weight: float = 0.0  # also score the prompt tokens, at this weight (0 = completion only); > 0 lets a model finish "7+"
     evaluate_test: bool = True  # evaluate the final model on test.jsonl and write test_results.json
     progress: bool = True  # show tqdm progress bars
 
@@ -123,6 +124,10 @@ class TrainConfig:
                 raise ValueError(f"--use-gumbel contradicts --mode {self.mode}")
             self.mode, self.use_gumbel = "gumbel", False
         check_mode_config(self)
+        if self.prompt_loss_weight < 0:
+            raise ValueError(f"--prompt-loss-weight must be >= 0, got {self.prompt_loss_weight}")
+        if self.prompt_loss_weight and self.mode == "gumbel":
+            raise ValueError("--prompt-loss-weight is for the teacher-forced modes; the gumbel mode scores the answer")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,12 +253,27 @@ class _BatchOrder:
         return self.batches[index % self.steps_per_epoch]
 
 
-def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over completion targets. logits ``[b, L-1, V]`` predict ``ids[:, 1:]``."""
+def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor,
+                    prompt_weight: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over completion targets. logits ``[b, L-1, V]`` predict ``ids[:, 1:]``.
+
+    ``prompt_weight`` w > 0 adds w times the mean cross-entropy over the prompt's targets (its second token
+    up to and including the first ``=``: in ``7+3=<think>...`` the targets ``+``, ``3`` and ``=``), which
+    teaches the model to write prompts too, so that it can finish a partial input such as ``7+``.
+    """
     targets = ids[:, 1:]
     losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     mask = loss_mask.flatten().float()
-    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
+    loss = (losses * mask).sum() / mask.sum().clamp_min(1.0)
+    if prompt_weight:
+        prompt = prompt_targets(ids).flatten().float()
+        loss = loss + prompt_weight * (losses * prompt).sum() / prompt.sum().clamp_min(1.0)
+    return loss
+
+
+def prompt_targets(ids: torch.Tensor) -> torch.Tensor:
+    """``[b, L-1]``: True where target ``ids[:, t + 1]`` is in the prompt (no ``=`` among ``ids[:, :t + 1]``)."""
+    return (ids[:, :-1] == EQUALS_ID).cumsum(dim=1) == 0
 
 
 def load_training_texts(data_dir: str | os.PathLike, split: str) -> list[str]:
@@ -533,7 +553,7 @@ class ModeRunner:
             ids = self.teacher_data.groups[length][index].to(device, non_blocking=True)
             mask = self.teacher_data.loss_masks[length][index].to(device, non_blocking=True)
             with autocast():
-                loss = completion_loss(model(ids[:, :-1]), ids, mask)
+                loss = completion_loss(model(ids[:, :-1]), ids, mask, self.cfg.prompt_loss_weight)
             backward(loss)
             return loss.detach(), ids.numel(), {"teacher_step": 1.0}
         extra = {"teacher_step": 0.0} if self.teacher_order is not None else {}
@@ -550,7 +570,7 @@ class ModeRunner:
         else:
             ids, mask = rows, self.data.loss_masks[key][index].to(device, non_blocking=True)
         with autocast():
-            loss = completion_loss(model(ids[:, :-1]), ids, mask)
+            loss = completion_loss(model(ids[:, :-1]), ids, mask, self.cfg.prompt_loss_weight)
         backward(loss)
         return loss.detach(), ids.numel(), extra
 

@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-size", default="small", choices=list(PRESETS))
     ap.add_argument("--positional", default="rotary", choices=["rotary", "learned"])
+    ap.add_argument("--n-heads", type=int, default=None, help="override the preset's heads (the main job: tiny, 8)")
+    ap.add_argument("--compare-attention", action="store_true",
+                    help="also time training with attention pinned to SDPA and to the explicit path, alternating")
     ap.add_argument("--batch-size", type=int, default=32, help="training batch (rows)")
     ap.add_argument("--seq-len", type=int, default=30, help="training sequence length (tokens)")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per repeat")
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
-    cfg = ModelConfig.from_preset(args.model_size, positional=args.positional)
+    overrides = {"n_heads": args.n_heads} if args.n_heads else {}
+    cfg = ModelConfig.from_preset(args.model_size, positional=args.positional, **overrides)
     torch.manual_seed(0)
     model = MathTransformer(cfg).train()
     n_params = sum(p.numel() for p in model.parameters())
@@ -156,6 +160,16 @@ def main(argv: list[str] | None = None) -> None:
           f"{tok_s:,.0f} tokens/s")
     print(f"    model FLOPs {flops_per_token / 1e6:.1f} MFLOP/token -> {tok_s * flops_per_token / 1e9:.1f} GFLOP/s "
           f"= {tok_s * flops_per_token / peak:.0%} of the measured matmul peak ({peak / 1e9:.1f} GFLOP/s)")
+    if args.compare_attention:
+        best_backend = {"sdpa": float("inf"), "explicit": float("inf")}
+        for _ in range(args.repeats):
+            for backend in best_backend:
+                model.set_attention_backend(backend)
+                best_backend[backend] = min(best_backend[backend], time_steps(ours_step, args.steps))
+        model.set_attention_backend("auto")
+        print(f"[1b] attention pinned, same training step: SDPA {best_backend['sdpa'] * 1e3:.1f} ms/step, explicit "
+              f"{best_backend['explicit'] * 1e3:.1f} ms/step; SDPA / explicit = "
+              f"{best_backend['sdpa'] / best_backend['explicit']:.2f}x (auto on a CPU = explicit)")
     if bridge_step:
         b_tok_s = B * T / best_bridge
         print(f"[2] TransformerBridge.boot_native, same config and batch: {best_bridge * 1e3:.1f} ms/step, "

@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 PY="$(bash scripts/setup.sh)"
 DATA=data/add2_ops3_cot
 RUN=checkpoints/main
-"$PY" scripts/generate_data.py --num-examples 100000 --max-digits 2 --max-operands 3 --format cot \
+"$PY" scripts/generate_data.py --num-examples 300000 --max-digits 2 --max-operands 3 --format cot \
     --seed 42 --output-dir "$DATA"
 # shellcheck disable=SC2086
 "$PY" scripts/train.py --data-dir "$DATA" --output-dir "$RUN" --no-wandb \
-    --model-size tiny --n-heads 8 --operand-balance 0.5 --batch-size 64 --learning-rate 3e-3 --warmup-steps 200 \
-    --min-lr-ratio 0 --max-steps 7500 --eval-steps 1000 --save-steps 500 --logging-steps 250 ${MATHLLM_MAIN_ARGS:-}
+    --model-size tiny --n-heads 8 --operand-balance 0.5 --batch-size 64 --eval-batch-size 256 --learning-rate 3e-3 --warmup-steps 200 \
+    --min-lr-ratio 0 --max-steps 7500 --eval-steps 2500 --save-steps 500 --logging-steps 250 --prompt-loss-weight 0.03 ${MATHLLM_MAIN_ARGS:-}

@@ -111,6 +111,25 @@ def test_completion_loss_ignores_the_prompt():
     assert not torch.allclose(completion_loss(changed, ids, mask), base)
 
 
+def test_prompt_loss_weight_adds_the_weighted_mean_loss_of_the_prompt_targets():
+    from mathllm.train import prompt_targets
+
+    text = "12+34=46<end>"
+    data = LengthGroupedData.from_texts([text], 64)
+    (length, ids), = data.groups.items()
+    mask = data.loss_masks[length]
+    # targets: 2 + 3 4 = | 4 6 <end>: the first five (up to and including "=") are the prompt's
+    assert prompt_targets(ids).tolist() == [[True] * 5 + [False] * 3]
+    assert not (prompt_targets(ids) & mask).any()
+    logits = torch.randn(1, length - 1, TOKENIZER.vocab_size)
+    per_token = torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="none")
+    expected = per_token[5:].mean() + 0.25 * per_token[:5].mean()
+    torch.testing.assert_close(completion_loss(logits, ids, mask, prompt_weight=0.25), expected)
+    torch.testing.assert_close(completion_loss(logits, ids, mask, prompt_weight=0.0), per_token[5:].mean())
+    with pytest.raises(ValueError, match="prompt-loss-weight must be >= 0"):
+        TrainConfig(prompt_loss_weight=-1.0)
+
+
 def test_too_long_example_names_source_and_line():
     with pytest.raises(ValueError, match=r"train.jsonl, example 2: .* longer than --max-length 8"):
         LengthGroupedData.from_texts(["1+2=3<end>", "111+222=333<end>"], max_length=8, source="train.jsonl")
