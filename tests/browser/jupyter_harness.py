@@ -526,6 +526,18 @@ def submit_expression(page: Any, expression: str, how: str = "click") -> None:
         raise ValueError(f"how must be 'click' or 'enter', not {how!r}")
 
 
+def submit_and_wait(page: Any, expression: str, selector: str, before: str, how: str = "click") -> str:
+    """``submit_expression`` then ``wait_for_new_text``; submitted once more if nothing changed in 30 s. Under a
+    loaded CI machine a click has (once in many runs) reached the kernel before the text box's new value, so the
+    old expression was run again; a second submit with the value in place shows whether the widget works."""
+    submit_expression(page, expression, how=how)
+    try:
+        return wait_for_new_text(page, selector, before, timeout_s=30.0)
+    except AssertionError:
+        submit_expression(page, expression, how=how)
+        return wait_for_new_text(page, selector, before)
+
+
 def widget_text(page: Any, selector: str) -> str:
     """The visible text of the first element matching ``selector`` ('' when there is none)."""
     loc = page.locator(selector)

@@ -51,8 +51,7 @@ def test_playground_end_to_end(nb_page, jupyter_lab):
 
     # A valid expression, submitted with the Run button: the chain of thought and the answer.
     before = jh.widget_text(page, jh.RESULT)
-    jh.submit_expression(page, "658+189=", how="click")
-    result = jh.wait_for_new_text(page, jh.RESULT, before)
+    result = jh.submit_and_wait(page, "658+189=", jh.RESULT, before, how="click")
     assert "847" in result, f"the answer 847 is not in the result {result!r}"
     compact = re.sub(r"\s+", "", result)  # the trace may be laid out token by token
     for step in ("8+9=17", "5+8+1=14", "6+1+1=8"):
@@ -69,8 +68,7 @@ def test_playground_end_to_end(nb_page, jupyter_lab):
     jh.screenshot_playground(page, SCREENSHOT)
 
     # An invalid expression, submitted with Run: an error message.
-    jh.submit_expression(page, "12+a=", how="click")
-    error = jh.wait_for_new_text(page, jh.ERROR, "")
+    error = jh.submit_and_wait(page, "12+a=", jh.ERROR, "", how="click")
     assert error, "no error message for 12+a="
 
     problems = jh.rendering_problems(page, ROOT / PLAYGROUND)
