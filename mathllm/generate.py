@@ -16,7 +16,6 @@ torch's own intra-op threads, by 3-5x when other processes compete for the cores
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from collections import defaultdict
@@ -319,9 +318,8 @@ def generate(
 
     was_training = model.training
     model.eval()
-    frozen = model.frozen_weights() if hasattr(model, "frozen_weights") else contextlib.nullcontext()
     try:
-        with frozen:
+        with model.frozen_weights():
             if drafts is None:
                 results = _run_generation(model, encoded, max_news, temperature, stop_at_end, return_probs,
                                           batch_size, generator, workers)

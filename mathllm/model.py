@@ -390,7 +390,8 @@ class Attention(nn.Module):
         """W_Q, W_K, W_V as one ``[d_model, 3 * head * d_head]`` matrix (and the biases), for one matmul.
 
         Rebuilt on every call (a copy of 3 d_model^2 floats, a few % of a decode step): caching it
-        would go stale when a notebook edits ``W_Q.data`` in place, which PyTorch does not track.
+        would go stale when a notebook edits ``W_Q.data`` in place, which PyTorch does not track. Inside
+        ``MathTransformer.frozen_weights()`` (``generate`` uses it) the matrix built on entry is returned.
         """
         if self.frozen_qkv is not None:
             return self.frozen_qkv
