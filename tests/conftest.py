@@ -1,4 +1,5 @@
-"""Shared fixtures: small datasets made by the project's own generator, and a few-step tiny model."""
+"""Shared fixtures: small datasets made by the project's own generator, a few-step tiny model, an untrained
+tiny model, and one torch thread."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from mathllm.model import MathTransformer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,3 +29,20 @@ def tiny_dataset(tmp_path_factory) -> Path:
                              "--seed", "7")
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    generation and modes tests compare runs and time nothing, and one thread keeps them steady on 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """An untrained ``tiny`` model, seeded (0), in eval mode: for tests of shapes, hooks and plots."""
+    torch.manual_seed(0)
+    return MathTransformer.from_preset("tiny").eval()

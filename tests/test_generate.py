@@ -13,12 +13,7 @@ from mathllm.model import MathTransformer, ModelConfig
 from mathllm.tokenizer import END_ID, TOKENIZER
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_model(positional: str = "rotary", end_boost: float = 2.0) -> MathTransformer:

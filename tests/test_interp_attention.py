@@ -2,19 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
 from mathllm.interp.attention import attention_patterns, circuitsvis_attention, mean_attention
 from mathllm.interp.positions import same_template_problems
-from mathllm.model import MathTransformer
 
 TEXT = "658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>"
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return MathTransformer.from_preset("tiny").eval()
 
 
 def test_patterns_are_the_model_s_causal_attention(model):

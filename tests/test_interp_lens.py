@@ -2,21 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 
 from mathllm.interp.lens import logit_lens, logit_lens_accuracy
 from mathllm.interp.positions import position_kinds, sample_problems
 from mathllm.interp.probes import cache_activations
-from mathllm.model import MathTransformer
 from mathllm.tokenizer import TOKENIZER
 
 TEXT = "658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>"
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return MathTransformer.from_preset("tiny").eval()
 
 
 def test_the_last_stream_s_lens_is_the_model_s_output(model):

@@ -23,12 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXT = "658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_config(data_dir: Path, output_dir: Path, **overrides) -> TrainConfig:

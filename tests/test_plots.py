@@ -1,22 +1,14 @@
 """Plots of mathllm.plots, interpretability section: every figure builds and every PNG is written."""
 
 import pytest
-import torch
 
 from mathllm import plots
 from mathllm.interp import (attention_patterns, cache_activations, carry_flip_pairs, digit_change_pairs, fit_probes,
                             logit_lens, logit_lens_accuracy, patch_heads, patch_residual, same_template_problems,
                             sample_problems)
 from mathllm.interp.faithfulness import trace_faithfulness
-from mathllm.model import MathTransformer
 
 TEXT = "658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>"
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return MathTransformer.from_preset("tiny").eval()
 
 
 def _png(path):
