@@ -40,7 +40,6 @@ import itertools
 import json
 import logging
 import math
-import operator
 import os
 import re
 import shlex
@@ -52,6 +51,8 @@ from typing import Any
 import numpy as np
 
 import mathllm
+from mathllm.arithmetic import (addition_steps, check_operands, column_totals, count_carries, count_carries_array,
+                                num_digits_array)
 from mathllm.tokenizer import TOKENIZER, VOCAB
 from mathllm.utils import atomic_write_chunks, code_version
 
@@ -70,47 +71,9 @@ GENERATE_COMMAND = "python scripts/generate_data.py --num-examples 100000 --max-
 # The formats, one problem at a time (the readable reference; the vectorised writer must agree)
 # ----------------------------------------------------------------------------------------------
 
-def _check_operands(operands: Sequence[int]) -> list[int]:
-    values = [operator.index(x) for x in operands]  # ints (numpy ones too), never floats
-    if len(values) < 2:
-        raise ValueError(f"a problem needs at least 2 operands, got {list(operands)!r}")
-    if any(x < 0 for x in values):
-        raise ValueError(f"operands must be non-negative integers, got {list(operands)!r}")
-    return values
-
-
-def cot_steps(operands: Sequence[int]) -> list[str]:
-    """One step per column of the longest operand, least significant first; the carry in is the last term.
-
-    >>> cot_steps([658, 189])
-    ['8+9=17', '5+8+1=14', '6+1+1=8']
-    """
-    operands = _check_operands(operands)
-    width = max(len(str(x)) for x in operands)
-    steps, carry = [], 0
-    for column in range(width):
-        digits = [x // 10**column % 10 for x in operands]  # a digit an operand lacks is 0
-        total = sum(digits) + carry
-        terms = [str(d) for d in digits] + ([str(carry)] if carry else [])
-        steps.append("+".join(terms) + f"={total}")
-        carry = total // 10
-    return steps
-
-
-def count_carries(operands: Sequence[int]) -> int:
-    """Number of columns whose outgoing carry is not 0: ``count_carries([99, 21]) == 2``."""
-    operands = _check_operands(operands)
-    width = max(len(str(x)) for x in operands)
-    carry = carries = 0
-    for column in range(width):
-        carry = (sum(x // 10**column % 10 for x in operands) + carry) // 10
-        carries += carry > 0
-    return carries
-
-
 def format_prompt(operands: Sequence[int]) -> str:
     """``format_prompt([658, 189]) == "658+189="``: the part of the text the model is given."""
-    return "+".join(str(x) for x in _check_operands(operands)) + "="
+    return "+".join(str(x) for x in check_operands(operands)) + "="
 
 
 def format_example(operands: Sequence[int], fmt: str = "cot") -> str:
@@ -124,7 +87,7 @@ def format_example(operands: Sequence[int], fmt: str = "cot") -> str:
     cot: a two-operand problem of two one-digit numbers has no think block; the final carry appears only in
     the answer. reversed: the answer's digits least significant first (``99+21=021<end>``).
     """
-    operands = _check_operands(operands)
+    operands = check_operands(operands)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     prompt, answer = format_prompt(operands), str(sum(operands))
@@ -132,7 +95,7 @@ def format_example(operands: Sequence[int], fmt: str = "cot") -> str:
         return f"{prompt}{answer}<end>"
     if fmt == "reversed":
         return f"{prompt}{answer[::-1]}<end>"
-    steps = cot_steps(operands)
+    steps = addition_steps(operands)
     if len(operands) == 2 and len(steps) == 1:
         return f"{prompt}{answer}<end>"
     return f"{prompt}<think>{' '.join(steps)}</think>{answer}<end>"
@@ -140,7 +103,7 @@ def format_example(operands: Sequence[int], fmt: str = "cot") -> str:
 
 def make_example(operands: Sequence[int], fmt: str = "cot") -> dict[str, Any]:
     """The JSON object of one problem, fields in file order (see the module docstring)."""
-    operands = _check_operands(operands)
+    operands = check_operands(operands)
     return {
         "text": format_example(operands, fmt),
         "prompt": format_prompt(operands),
@@ -163,45 +126,6 @@ _VALID_TEXT = re.compile(
     "(?:" + "|".join(re.escape(t) for t in VOCAB if len(t) > 1)
     + "|[" + "".join(re.escape(t) for t in VOCAB if len(t) == 1) + "])*"
 )
-
-
-# ----------------------------------------------------------------------------------------------
-# Vectorised arithmetic on operand arrays [rows, operands] (absent operands are 0)
-# ----------------------------------------------------------------------------------------------
-
-def _num_digits(values: np.ndarray) -> np.ndarray:
-    """Decimal length of each value (0 has one digit)."""
-    values = np.asarray(values, dtype=np.int64)
-    digits = np.ones(values.shape, dtype=np.int64)
-    for k in range(1, 19):
-        above = values >= 10**k
-        if not above.any():
-            break
-        digits += above
-    return digits
-
-
-def _column_carries(operands: np.ndarray, width: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per column j < width: the column total (digits plus carry in) and the carry into it."""
-    totals, carries_in = [], []
-    carry = np.zeros(len(operands), dtype=np.int64)
-    for column in range(width):
-        carries_in.append(carry)
-        total = (operands // 10**column % 10).sum(axis=1) + carry
-        totals.append(total)
-        carry = total // 10
-    return totals, carries_in
-
-
-def _count_carries_array(operands: np.ndarray) -> np.ndarray:
-    """Vectorised ``count_carries`` for an operand array ``[rows, operands]``."""
-    lengths = _num_digits(operands.max(axis=1)) if len(operands) else np.zeros(0, dtype=np.int64)
-    width = int(lengths.max(initial=1))
-    totals, _ = _column_carries(operands, width)
-    carries = np.zeros(len(operands), dtype=np.int64)
-    for column, total in enumerate(totals):
-        carries += (total >= 10) & (column < lengths)
-    return carries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,7 +287,7 @@ def _distinct_problems(shape: _Shape, quotas: np.ndarray, rng: np.random.Generat
     total = int(quotas.sum())
     if shape.size <= min(ENUMERATE_LIMIT, 16 * total):  # enumerating is about as cheap as drawing
         every = shape.enumerate()
-        every_carries = _count_carries_array(every)
+        every_carries = count_carries_array(every)
         picked = []
         for carries in np.flatnonzero(quotas):
             pool = np.flatnonzero(every_carries == carries)
@@ -490,7 +414,7 @@ class _Lines:
                 rest, low = np.divmod(rest, 1000)
                 groups.append(_TRIPLES[low])
             digits = np.concatenate(groups[::-1], axis=1)[:, -width:]
-            digits[np.arange(width) < width - _num_digits(values)[:, None]] = _DROP  # leading zeros
+            digits[np.arange(width) < width - num_digits_array(values)[:, None]] = _DROP  # leading zeros
         if where is not None:
             digits = digits * where[:, None]  # _DROP is 0
         return self.add(digits[:, ::-1] if reverse else digits)
@@ -511,7 +435,7 @@ def _render_text(lines: _Lines, operands: np.ndarray, num_operands: np.ndarray, 
     Returns the fields of the prompt (``"658"``, ``"+"``, ``"189"``, ``"="``) so that they can be reused.
     """
     present = [num_operands > i for i in range(operands.shape[1])]
-    lengths = _num_digits(operands.max(axis=1)) if len(operands) else np.zeros(0, dtype=np.int64)
+    lengths = num_digits_array(operands.max(axis=1)) if len(operands) else np.zeros(0, dtype=np.int64)
     width = int(lengths.max(initial=1))
     prompt = []
     for i in range(operands.shape[1]):
@@ -522,7 +446,7 @@ def _render_text(lines: _Lines, operands: np.ndarray, num_operands: np.ndarray, 
     if fmt == "cot":
         think = ~((num_operands == 2) & (lengths == 1))
         lines.text("<think>", think)
-        totals, carries_in = _column_carries(operands, width)
+        totals, carries_in = column_totals(operands, width)
         for column in range(width):
             active = think & (column < lengths)
             if column:
@@ -539,7 +463,7 @@ def _render_text(lines: _Lines, operands: np.ndarray, num_operands: np.ndarray, 
             lines.number(totals[column], 2, active)
         lines.text("</think>", think)
     answers = operands.sum(axis=1)
-    lines.number(answers, int(_num_digits(answers.max(initial=0))), reverse=(fmt == "reversed"))
+    lines.number(answers, int(num_digits_array(answers.max(initial=0))), reverse=(fmt == "reversed"))
     lines.text("<end>")
     return prompt
 
@@ -571,9 +495,9 @@ def _render_jsonl(operands: np.ndarray, num_operands: np.ndarray, num_carries: n
         lines.add(number)
     answers = operands.sum(axis=1)
     lines.text('], "answer": ')
-    lines.number(answers, int(_num_digits(answers.max(initial=0))))
+    lines.number(answers, int(num_digits_array(answers.max(initial=0))))
     lines.text(', "num_digits": ')
-    lines.number(_num_digits(operands.max(axis=1)), 2)
+    lines.number(num_digits_array(operands.max(axis=1)), 2)
     lines.text(', "num_operands": ')
     lines.number(num_operands, 2)
     lines.text(', "num_carries": ')
@@ -600,8 +524,8 @@ class Split(Sequence):
         self.operands = np.asarray(operands, dtype=np.int64)  # [rows, max_operands], 0 past num_operands
         self.num_operands = np.asarray(num_operands, dtype=np.int64)
         self.answers = self.operands.sum(axis=1)
-        self.num_digits = _num_digits(self.operands.max(axis=1)) if len(self) else np.zeros(0, dtype=np.int64)
-        self.num_carries = _count_carries_array(self.operands)
+        self.num_digits = num_digits_array(self.operands.max(axis=1)) if len(self) else np.zeros(0, dtype=np.int64)
+        self.num_carries = count_carries_array(self.operands)
         self._texts: list[str] | None = None
 
     def __len__(self) -> int:
@@ -1007,7 +931,7 @@ def describe(examples: Sequence[Mapping[str, Any]] | Split) -> dict[str, np.ndar
     if isinstance(examples, Split):
         present = np.arange(examples.operands.shape[1])[None, :] < examples.num_operands[:, None]
         return {
-            "operand_digits": _num_digits(examples.operands[present]),
+            "operand_digits": num_digits_array(examples.operands[present]),
             "num_digits": examples.num_digits,
             "num_carries": examples.num_carries,
             "num_operands": examples.num_operands,

@@ -1,111 +1,108 @@
 """Evaluation: exact match by greedy generation, token accuracy by teacher forcing, and breakdowns.
 
 For a test line ``658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>`` the model is given the
-prompt ``658+189=`` and generates greedily (batched, with a KV cache) until ``<end>``:
+prompt ``658+189=`` and completes it the way its training mode is used (``TrainingMode.generate``; plain greedy
+generation with a KV cache for teacher forcing) until ``<end>``:
 
 * **exact match**: the answer the model writes after ``</think>`` (or after ``=`` when there is no think
-  block) equals the true sum (for the reversed format, read least-significant digit first);
+  block) equals the true one (for the reversed format, read least-significant digit first);
 * **think exact**: the generated think block equals the human trace, character for character
-  (over the examples that have one);
-* **token accuracy**: under teacher forcing, the share of completion tokens (everything after the first
-  ``=``, think block included) whose argmax prediction is the true next token.
+  (over the examples that have one, for modes trained to write it);
+* **token accuracy**: under teacher forcing, the share of completion tokens (in the mode's own format) whose
+  argmax prediction is the true next token.
 
-Results are also broken down by number of digits, number of carries and number of operands.
+Results are also broken down by number of digits, number of carries, number of operands and *stratum* (the tuple
+of operand lengths, ``"3+1"`` for ``658+7``), and the worst stratum is reported beside the overall figure with
+its n, because an average over a test split dominated by one stratum hides the rest. Every function
+takes a bare model (used as a teacher-forcing one) or a ``TrainedModel`` from ``mathllm.checkpoints.load``,
+whose mode says how it is used::
+
+    trained = load("checkpoints/add3_cot")
+    results = evaluate_examples(trained, load_split("data/test.jsonl"))
+    print(format_report(results))
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import defaultdict
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
-from mathllm.tokenizer import TOKENIZER
+from mathllm.batches import LengthGroupedData
+from mathllm.checkpoints import TrainedModel
+from mathllm.data import load_split
+from mathllm.text import parse_answer, parse_completion, parse_prompt, split_prompt
+from mathllm.tokenizer import END_THINK_ID, EQUALS_ID, PAUSE_ID, TOKENIZER
+from mathllm.training_mode import TrainingMode
+from mathllm.utils import atomic_write_json
+
+BREAKDOWNS = (("by_num_digits", "num_digits"), ("by_num_carries", "num_carries"), ("by_num_operands", "num_operands"),
+              ("by_stratum", "stratum"))
+MIN_STRATUM_COUNT = 20  # strata with fewer problems are listed but not ranked as the worst
 
 
-def answer_from_completion(completion: str, fmt: str = "cot") -> int | None:
-    """The integer answer in a completion, or None when it is malformed.
+def stratum_name(prompt: str) -> str:
+    """``"658+7="`` -> ``"3+1"``: the operand lengths joined by the operator (the problem's stratum)."""
+    op, operands = parse_prompt(prompt)
+    return op.join(str(len(str(x))) for x in operands)
 
-    >>> answer_from_completion("<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>")
-    847
-    >>> answer_from_completion("64<end>", fmt="reversed")
-    46
-    """
-    from mathllm.generate import split_completion
 
-    _, answer = split_completion(completion)
-    if answer is None or not answer.isdigit():
+def worst(table: dict[str, dict[str, Any]], min_count: int = MIN_STRATUM_COUNT) -> Optional[dict[str, Any]]:
+    """The cell of a breakdown with the lowest exact match among those with at least ``min_count`` problems."""
+    cells = [(v["exact_match"], k, v["count"]) for k, v in table.items() if v["count"] >= min_count]
+    if not cells:
         return None
-    return int(answer[::-1]) if fmt == "reversed" else int(answer)
+    em, key, count = min(cells)
+    return {"name": key, "exact_match": em, "count": count}
 
 
-def think_from_completion(completion: str) -> str | None:
-    from mathllm.generate import split_completion
-
-    return split_completion(completion)[0]
-
-
-def _prompt_and_completion(text: str) -> tuple[str, str]:
-    eq = text.index("=")
-    return text[: eq + 1], text[eq + 1 :]
-
-
-def _format_of(example: dict[str, Any]) -> str:
-    return example.get("format", "cot")
+def model_and_mode(model, mode: Optional[TrainingMode] = None):
+    """``(model, mode)`` from a bare model (teacher forcing unless ``mode`` says otherwise) or a ``TrainedModel``."""
+    if isinstance(model, TrainedModel):
+        if mode is not None and mode.to_dict() != model.mode.to_dict():
+            raise ValueError(f"the model was trained in mode {model.mode.to_dict()}, not {mode.to_dict()}")
+        return model.model, model.mode
+    return model, mode if mode is not None else TrainingMode()
 
 
 @torch.inference_mode()
-def generate_completions(model, prompts: list[str], max_new_tokens: int, batch_size: int = 64,
-                         references: list[str] | None = None) -> list[str]:
-    """Greedy completions (the text after each prompt, up to and including ``<end>``).
+def generate_completions(model, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 64,
+                         references: Optional[Sequence[str]] = None, mode: Optional[TrainingMode] = None) -> list[str]:
+    """Greedy completions (the text after each prompt, up to and including ``<end>``), as the mode uses the model.
 
     ``references`` (the true completions) only make it faster: each is verified in one teacher-forced pass
     and decoding resumes at the first token where greedy decoding disagrees (``generate(drafts=...)``), so
-    the result is plain greedy decoding's. Without them every token is decoded one step at a time.
-
-    A model trained in another mode (``model.training_meta``) is run the way that mode is used
-    (``mathllm.modes.generate_for_mode``: pauses appended, a gumbel model's own think tokens); the references
-    are then not used.
+    the result is plain greedy decoding's. Modes whose output cannot be guessed ignore them.
     """
-    from mathllm.generate import generate
-    from mathllm.modes import generate_for_mode, mode_settings
-
-    settings = mode_settings(model)
-    if settings.mode != "teacher":
-        return generate_for_mode(model, prompts, settings, max_new_tokens=max_new_tokens, batch_size=batch_size)
-
-    return generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
-                    drafts=references)
+    model, mode = model_and_mode(model, mode)
+    return mode.generate(model, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         drafts=list(references) if references is not None else None)
 
 
-def exact_match_texts(model, texts: list[str], batch_size: int = 64) -> float:
-    """Share of rendered lines whose greedy completion has the right answer (format read from the text)."""
+def exact_match_texts(model, texts: Sequence[str], batch_size: int = 64, mode: Optional[TrainingMode] = None) -> float:
+    """Share of rendered lines whose greedy completion has the right answer."""
     if not texts:
         return float("nan")
-    prompts, completions = zip(*(_prompt_and_completion(t) for t in texts))
+    prompts, completions = zip(*(split_prompt(t) for t in texts))
     max_new = max(len(TOKENIZER.encode(c)) for c in completions) + 4
-    generated = generate_completions(model, list(prompts), max_new, batch_size)
+    generated = generate_completions(model, prompts, max_new, batch_size, references=completions, mode=mode)
     right = 0
     for truth, got in zip(completions, generated):
-        true_answer = answer_from_completion(truth)
-        right += true_answer is not None and answer_from_completion(got) == true_answer
+        true_answer = parse_answer(truth)
+        right += true_answer is not None and parse_answer(got) == true_answer
     return right / len(texts)
 
 
 @torch.inference_mode()
-def token_accuracy(model, texts: list[str], batch_size: int = 64, answer_only: bool = False) -> float:
+def token_accuracy(model, texts: Sequence[str], batch_size: int = 64, answer_only: bool = False) -> float:
     """Teacher-forced argmax accuracy on completion tokens (after the first '=', think included).
 
     ``answer_only``: score only the tokens after the think block (after ``</think>``, or after ``=`` when
     there is none), never ``<pause>`` (for modes whose think tokens are not targets).
     """
-    from mathllm.tokenizer import END_THINK_ID, PAUSE_ID
-    from mathllm.train import LengthGroupedData
-
     device = next(model.parameters()).device
     data = LengthGroupedData.from_texts(texts, max_length=model.cfg.n_ctx)
     right = total = 0
@@ -113,7 +110,7 @@ def token_accuracy(model, texts: list[str], batch_size: int = 64, answer_only: b
         if answer_only:
             has_think = (ids == END_THINK_ID).any(1, keepdim=True)
             end_think = (ids == END_THINK_ID).int().argmax(1, keepdim=True)
-            start = torch.where(has_think, end_think, (ids == TOKENIZER.token_to_id["="]).int().argmax(1, keepdim=True))
+            start = torch.where(has_think, end_think, (ids == EQUALS_ID).int().argmax(1, keepdim=True))
             masks = (torch.arange(1, length)[None, :] > start) & (ids[:, 1:] != PAUSE_ID)
         else:
             masks = data.loss_masks[length]
@@ -126,21 +123,25 @@ def token_accuracy(model, texts: list[str], batch_size: int = 64, answer_only: b
     return right / max(total, 1)
 
 
-def evaluate_examples(model, examples: list[dict[str, Any]], batch_size: int = 64,
-                      max_new_tokens: int | None = None, keep_failures: int = 20) -> dict[str, Any]:
+def evaluate_examples(model, examples: Sequence[dict[str, Any]], batch_size: int = 64,
+                      max_new_tokens: Optional[int] = None, keep_failures: int = 20,
+                      mode: Optional[TrainingMode] = None, predictions: bool = False,
+                      plain_speed_examples: int = 1024) -> dict[str, Any]:
     """All metrics for a list of examples as read by ``mathllm.data.load_split``.
 
-    For a model of another training mode (``mathllm.modes``) think exact is None unless the mode writes the
-    human trace (teacher, internalize), and token accuracy is taken in the mode's own format (answer-only:
-    the answer; pause: the answer after the pauses; gumbel: the answer after the model's own think tokens;
-    internalize: the fully internalized line).
-    """
-    from mathllm.modes import mode_settings
+    For a model of another training mode, think exact is None unless the mode writes the human trace, and
+    token accuracy is taken in the mode's own format (``TrainingMode.scoring_texts``). ``predictions``: also return,
+    under ``"predictions"``, one record per problem (prompt, the model's raw completion, its parsed answer, the true
+    answer, whether it is right, stratum, carries) for error analysis.
 
-    settings = mode_settings(model)
+    Speed is reported twice: ``examples_per_s_verified`` for the whole evaluation (the true completions are
+    verified as drafts, which gives plain greedy decoding's output faster) and ``examples_per_s_plain`` for
+    plain greedy decoding of the first ``plain_speed_examples`` prompts (0: not measured).
+    """
+    model, mode = model_and_mode(model, mode)
     model.eval()
     texts = [ex["text"] for ex in examples]
-    prompts, completions = zip(*(_prompt_and_completion(t) for t in texts)) if texts else ((), ())
+    prompts, completions = zip(*(split_prompt(t) for t in texts)) if texts else ((), ())
     longest = max((len(TOKENIZER.encode(c)) for c in completions), default=1)
     if max_new_tokens is None:
         max_new_tokens = longest + 4
@@ -148,136 +149,104 @@ def evaluate_examples(model, examples: list[dict[str, Any]], batch_size: int = 6
     max_new_tokens = max(1, min(max_new_tokens, prompt_room))
 
     start = time.perf_counter()
-    generated = generate_completions(model, list(prompts), max_new_tokens, batch_size, references=list(completions))
+    generated = generate_completions(model, prompts, max_new_tokens, batch_size, references=completions, mode=mode)
     gen_seconds = time.perf_counter() - start
+    plain = list(prompts[:plain_speed_examples])
+    plain_seconds = None
+    if plain:
+        start = time.perf_counter()
+        generate_completions(model, plain, max_new_tokens, batch_size, mode=mode)
+        plain_seconds = time.perf_counter() - start
 
-    buckets: dict[str, dict[Any, list[int]]] = {k: defaultdict(lambda: [0, 0]) for k in
-                                                ("by_num_digits", "by_num_carries", "by_num_operands")}
+    buckets: dict[str, dict[Any, list[int]]] = {key: defaultdict(lambda: [0, 0]) for key, _ in BREAKDOWNS}
     right = think_right = think_total = 0
-    failures = []
-    for ex, truth, got in zip(examples, completions, generated):
-        fmt = _format_of(ex)
-        true_answer = ex.get("answer", answer_from_completion(truth, fmt))
-        ok = answer_from_completion(got, fmt) == true_answer
+    failures, records = [], []
+    for ex, prompt, truth, got in zip(examples, prompts, completions, generated):
+        fmt = ex.get("format", "cot")
+        true_answer = ex.get("answer", parse_answer(truth, fmt))
+        answer = parse_answer(got, fmt)
+        ok = answer == true_answer
         right += ok
-        true_think = think_from_completion(truth)
+        true_think = parse_completion(truth)[0]
         if true_think is not None:
             think_total += 1
-            think_right += think_from_completion(got) == true_think
-        for key, field in (("by_num_digits", "num_digits"), ("by_num_carries", "num_carries"),
-                           ("by_num_operands", "num_operands")):
-            if field in ex:
-                cell = buckets[key][ex[field]]
+            think_right += parse_completion(got)[0] == true_think
+        labels = {**ex, "stratum": stratum_name(prompt)}
+        for key, name in BREAKDOWNS:
+            if name in labels:
+                cell = buckets[key][labels[name]]
                 cell[0] += ok
                 cell[1] += 1
         if not ok and len(failures) < keep_failures:
-            failures.append({"prompt": ex["text"][: ex["text"].index("=") + 1], "expected": truth, "generated": got})
+            failures.append({"prompt": prompt, "expected": truth, "generated": got})
+        if predictions:
+            records.append({"prompt": prompt, "completion": got, "answer": answer, "expected_answer": true_answer,
+                            "correct": ok, "stratum": labels["stratum"],
+                            **{k: ex[k] for k in ("num_carries", "num_operands", "num_digits") if k in ex}})
     n = len(examples)
-    return {
+    scoring, answer_only = mode.scoring_texts(texts, generated) if texts else ([], False)
+    tables = {key: {str(k): {"exact_match": v[0] / v[1], "count": v[1]} for k, v in sorted(table.items())}
+              for key, table in buckets.items()}
+    results = {
         "num_examples": n,
         "exact_match": right / n if n else float("nan"),
-        "mode": settings.mode,
-        "think_exact": think_right / think_total if think_total and settings.writes_human_trace else None,
+        "mode": mode.name,
+        "think_exact": think_right / think_total if think_total and mode.writes_human_trace else None,
         "num_with_think": think_total,
-        "token_accuracy": _mode_token_accuracy(model, texts, generated, settings, batch_size) if texts else float("nan"),
-        **{key: {str(k): {"exact_match": v[0] / v[1], "count": v[1]} for k, v in sorted(table.items())}
-           for key, table in buckets.items()},
-        "examples_per_s": n / gen_seconds if gen_seconds > 0 else None,
+        "token_accuracy": token_accuracy(model, scoring, batch_size, answer_only) if texts else float("nan"),
+        "token_accuracy_format": mode.description,
+        **tables,
+        "worst_stratum": worst(tables["by_stratum"]),
+        "worst_carries": worst(tables["by_num_carries"]),
+        "min_stratum_count": MIN_STRATUM_COUNT,
+        "examples_per_s_verified": n / gen_seconds if gen_seconds > 0 else None,
+        "examples_per_s_plain": len(plain) / plain_seconds if plain_seconds else None,
+        "examples_timed_plain": len(plain),
         "failures": failures,
     }
+    if predictions:
+        results["predictions"] = records
+    return results
 
 
-def _mode_token_accuracy(model, texts: list[str], generated: list[str], settings, batch_size: int) -> float:
-    """``token_accuracy`` in the format the model's mode trains on (see ``evaluate_examples``)."""
-    from mathllm.modes import mode_texts, split_text
-
-    if settings.mode == "teacher":
-        return token_accuracy(model, texts, batch_size)
-    if settings.mode == "gumbel":
-        lines = []
-        for text, got in zip(texts, generated):
-            prompt, _, answer = split_text(text)
-            think = got[: got.index("</think>") + len("</think>")] if got.startswith("<think>") and "</think>" in got else ""
-            lines.append(prompt + think + answer)
-        return token_accuracy(model, lines, batch_size, answer_only=True)
-    return token_accuracy(model, mode_texts(texts, settings), batch_size, answer_only=settings.mode == "pause")
-
-
-def evaluate_checkpoint_on_split(model, path: str | os.PathLike, batch_size: int = 64,
-                                 device: torch.device | str | None = None, limit: int | None = None) -> dict[str, Any]:
-    """``evaluate_examples`` on a JSONL split file, recording which file and model were used."""
-    from mathllm.data import load_split
-
+def evaluate_split(model, path: str | os.PathLike, batch_size: int = 64, device: torch.device | str | None = None,
+                   limit: Optional[int] = None, mode: Optional[TrainingMode] = None,
+                   predictions: bool = False) -> dict[str, Any]:
+    """``evaluate_examples`` on a JSONL split file, recording which file was used."""
+    model, mode = model_and_mode(model, mode)
     if device is not None:
         model = model.to(device)
     examples = load_split(path)
     if limit is not None:
         examples = examples[:limit]
-    results = evaluate_examples(model, examples, batch_size=batch_size)
+    results = evaluate_examples(model, examples, batch_size=batch_size, mode=mode, predictions=predictions)
     results["data_path"] = str(path)
     return results
-
-
-def load_model(checkpoint: str | os.PathLike, model_size: str | None = None, device: str = "auto"):
-    """Load a checkpoint file or directory (config read from it; ``model_size`` is checked against it).
-
-    When the run's ``training_config.json`` lies beside the weights it is attached as ``model.training_meta``
-    (the playground reads the digits and operands the model was trained on from it).
-    """
-    from mathllm.model import MathTransformer
-    from mathllm.utils import resolve_device
-
-    model = MathTransformer.from_pretrained(checkpoint, model_size=model_size)
-    run_record = training_record(checkpoint)
-    if run_record is None:  # a lone model.safetensors still names its training mode in its metadata
-        from mathllm.modes import read_mode_metadata
-
-        mode = read_mode_metadata(checkpoint)
-        run_record = {"config": mode} if mode else None
-    model.training_meta = run_record
-    return model.to(resolve_device(device)).eval()
-
-
-def training_record(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``training_config.json`` of the run a checkpoint came from, or None when there is none."""
-    path = Path(checkpoint)
-    folder = path if path.is_dir() else path.parent
-    for candidate in (folder / "training_config.json", folder.parent / "training_config.json"):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    return None
-
-
-def dataset_for_checkpoint(checkpoint: str | os.PathLike):
-    """Regenerate, exactly, the dataset a checkpoint was trained on (from its recorded data arguments).
-
-    >>> # dataset_for_checkpoint("checkpoints/add3_cot")["test"][0]["text"]
-    """
-    from mathllm.data import generate_dataset
-
-    record = training_record(checkpoint)
-    args = ((record or {}).get("data_meta") or {}).get("arguments")
-    if not args:
-        raise ValueError(f"{checkpoint}: no training_config.json with the data's arguments beside it; "
-                         "load the data with mathllm.data.load_split instead")
-    return generate_dataset(**args)
 
 
 def format_report(results: dict[str, Any]) -> str:
     """A short human-readable table of ``evaluate_examples`` results."""
     lines = [
-        *([f"mode            {results['mode']}"] if results.get("mode", "teacher") != "teacher" else []),
+        f"mode            {results.get('mode', 'teacher')}",
         f"examples        {results['num_examples']}",
         f"exact match     {results['exact_match']:.4f}",
-        f"token accuracy  {results['token_accuracy']:.4f}  (teacher forcing, "
-        + ("completion tokens incl. think)" if results.get("mode", "teacher") == "teacher"
-           else f"in the {results['mode']} format: see evaluate_examples)"),
+        f"token accuracy  {results['token_accuracy']:.4f}  (teacher forcing on "
+        f"{results.get('token_accuracy_format', 'the completion tokens')})",
     ]
     if results.get("think_exact") is not None:
         lines.append(f"think exact     {results['think_exact']:.4f}  ({results['num_with_think']} with a think block)")
-    if results.get("examples_per_s"):
-        lines.append(f"speed           {results['examples_per_s']:.0f} examples/s (greedy generation)")
-    for key in ("by_num_digits", "by_num_carries", "by_num_operands"):
+    for key, label in (("worst_stratum", "worst stratum"), ("worst_carries", "worst carries")):
+        cell = results.get(key)
+        if cell:
+            lines.append(f"{label:<16}{cell['name']}: {cell['exact_match']:.4f} (n={cell['count']}; strata with "
+                         f"n >= {results.get('min_stratum_count', MIN_STRATUM_COUNT)})")
+    if results.get("examples_per_s_verified"):
+        lines.append(f"speed           {results['examples_per_s_verified']:.0f} examples/s (greedy, verifying the "
+                     "reference completions as drafts)")
+    if results.get("examples_per_s_plain"):
+        lines.append(f"                {results['examples_per_s_plain']:.0f} examples/s (plain greedy decoding, "
+                     f"{results['examples_timed_plain']} examples)")
+    for key, _ in BREAKDOWNS:
         if results.get(key):
             cells = "  ".join(f"{k}: {v['exact_match']:.3f} (n={v['count']})" for k, v in results[key].items())
             lines.append(f"{key:<16}{cells}")
@@ -285,8 +254,6 @@ def format_report(results: dict[str, Any]) -> str:
 
 
 def save_results(results: dict[str, Any], path: str | os.PathLike) -> None:
-    from mathllm.utils import atomic_write_json
-
     atomic_write_json(path, results)
 
 
@@ -295,5 +262,5 @@ def iter_failures(results: dict[str, Any]) -> Iterable[str]:
         yield f"{f['prompt']}  expected {f['expected']}  got {f['generated']}"
 
 
-__all__ = ["answer_from_completion", "evaluate_examples", "evaluate_checkpoint_on_split", "exact_match_texts",
-           "format_report", "load_model", "token_accuracy", "save_results"]
+__all__ = ["evaluate_examples", "evaluate_split", "exact_match_texts", "format_report", "generate_completions",
+           "iter_failures", "model_and_mode", "save_results", "token_accuracy"]

@@ -1,11 +1,11 @@
 """What does a free-thinking model write? Its think traces, their token statistics, and how much each think
 position tells about the true carries and column sums (plug-in mutual information, in bits, beside the same
-estimate on shuffled labels).
+estimate on shuffled labels)::
 
-    >>> # traces = collect_think_traces(model, load_split("data/test.jsonl")[:2000])
-    >>> # stats = token_statistics(traces)                 # counts [position, token], entropy per position
-    >>> # table = think_label_information(traces)          # MI(position's token; carry_j / column_sum_j / ...)
-    >>> # table.excess()                                   # MI minus the shuffled-label baseline
+    traces = collect_think_traces(load("checkpoints/free_gumbel_add4"), load_split("data/test.jsonl")[:2000])
+    stats = token_statistics(traces)                 # counts [position, token], entropy per position
+    table = think_label_information(traces)          # MI(position's token; carry_j / column_sum_j / ...)
+    table.excess()                                   # MI minus the shuffled-label baseline
 
 Labels (``column_labels``), per column j of the sum, least significant first: ``carry_in_j`` (0 for j = 0),
 ``column_sum_j`` (the column's digits plus the carry in: what the human trace writes after ``=``),
@@ -25,7 +25,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from mathllm.arithmetic import addition_columns, count_carries
+from mathllm.evaluate import model_and_mode
+from mathllm.text import parse_answer, split_text, think_block
 from mathllm.tokenizer import TOKENIZER, VOCAB
+from mathllm.training_mode import TrainingMode
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,33 +70,28 @@ class ThinkTraces:
 
 
 def collect_think_traces(model, examples: Sequence[dict[str, Any]], batch_size: int = 128,
-                         max_new_tokens: Optional[int] = None) -> ThinkTraces:
+                         max_new_tokens: Optional[int] = None, mode: Optional[TrainingMode] = None) -> ThinkTraces:
     """Greedy completions of ``examples`` (dicts from ``mathllm.data.load_split``) the way the model's mode is
-    used (``mathllm.modes.generate_for_mode``: a gumbel model writes its own think tokens), parsed."""
-    from mathllm.evaluate import answer_from_completion
-    from mathllm.modes import generate_for_mode, mode_settings
-
-    settings = mode_settings(model)
-    prompts = [ex["text"][: ex["text"].index("=") + 1] for ex in examples]
+    used (a ``TrainedModel`` from ``mathllm.checkpoints.load``: a gumbel model writes its own think tokens), parsed."""
+    model, mode = model_and_mode(model, mode)
+    prompts = [split_text(ex["text"]).prompt for ex in examples]
     if max_new_tokens is None:
         max_new_tokens = max((len(TOKENIZER.encode(ex["text"])) for ex in examples), default=8) + 4
-    completions = generate_for_mode(model, prompts, settings, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    completions = mode.generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     think_ids, answers, correct = [], [], []
     for ex, c in zip(examples, completions):
         think_ids.append(think_tokens(c))
-        got = answer_from_completion(c, ex.get("format", "cot"))
+        got = parse_answer(c, ex.get("format", "cot"))
         answers.append(got)
         correct.append(got == ex["answer"])
     return ThinkTraces(prompts, [list(ex["operands"]) for ex in examples], think_ids, completions, answers, correct,
-                       settings.mode)
+                       mode.name)
 
 
 def think_tokens(completion: str) -> list[int]:
     """Token ids between ``<think>`` and ``</think>`` in a completion ([] when there is no closed block)."""
-    start, stop = completion.find("<think>"), completion.find("</think>")
-    if start == -1 or stop == -1 or stop < start:
-        return []
-    return TOKENIZER.encode(completion[start + len("<think>") : stop])
+    block = think_block(completion)
+    return TOKENIZER.encode(block) if block else []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,15 +112,12 @@ def column_labels(operands: Sequence[Sequence[int]], n_columns: Optional[int] = 
            for name in ("carry_in", "column_sum", "carry_out", "sum_digit")}
     carries = np.zeros(n, dtype=np.int64)
     for i, ops in enumerate(operands):
-        carry = 0
-        for j in range(n_columns):
-            total = sum(x // 10**j % 10 for x in ops) + carry
-            out[f"carry_in_{j}"][i] = carry
-            out[f"column_sum_{j}"][i] = total
-            out[f"carry_out_{j}"][i] = total // 10
-            out[f"sum_digit_{j}"][i] = total % 10
-            carries[i] += total // 10 > 0 and j < max(len(str(x)) for x in ops)
-            carry = total // 10
+        for c in addition_columns(ops, n_columns):
+            out[f"carry_in_{c.index}"][i] = c.carry_in
+            out[f"column_sum_{c.index}"][i] = c.total
+            out[f"carry_out_{c.index}"][i] = c.carry_out
+            out[f"sum_digit_{c.index}"][i] = c.result_digit
+        carries[i] = count_carries(ops)
     out["num_carries"] = carries
     return out
 

@@ -1,10 +1,10 @@
-"""Batched generation with a KV cache, and parsing of chain-of-thought completions.
+"""Batched generation with a KV cache.
 
 With a trained model::
 
     texts = generate(model, ["12+34=", "658+189="])      # greedy, stops at <end>
     texts[0]                    # '<think>2+4=6 1+3=4</think>46<end>'
-    split_completion(texts[0])  # ('2+4=6 1+3=4', '46')
+    parse_completion(texts[0])  # ('2+4=6 1+3=4', '46'), from mathllm.text
 
 How it is fast: prompts are grouped by token length, so a batch never needs padding and every row
 shares positions; each batch runs one forward over the prompts and then one single-token forward per
@@ -17,7 +17,6 @@ torch's own intra-op threads, by 3-5x when other processes compete for the cores
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 
 from mathllm.model import KVCache, MathTransformer
 from mathllm.tokenizer import END_ID, PAD_ID, TOKENIZER
+from mathllm.utils import eval_mode
 
 Prompt = Union[str, Sequence[int], torch.Tensor]
 
@@ -316,23 +316,18 @@ def generate(
         workers = 1
     workers = max(1, workers)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with model.frozen_weights():
-            if drafts is None:
-                results = _run_generation(model, encoded, max_news, temperature, stop_at_end, return_probs,
-                                          batch_size, generator, workers)
-            else:
-                if temperature > 0:
-                    raise ValueError("drafts work with greedy generation only (temperature=0)")
-                if len(drafts) != len(encoded):
-                    raise ValueError(f"got {len(drafts)} drafts for {len(encoded)} prompts")
-                draft_ids = [_draft_ids(d, vocab) for d in drafts]
-                results = _run_with_drafts(model, encoded, max_news, draft_ids, stop_at_end, return_probs,
-                                           batch_size, workers)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), model.frozen_weights():
+        if drafts is None:
+            results = _run_generation(model, encoded, max_news, temperature, stop_at_end, return_probs,
+                                      batch_size, generator, workers)
+        else:
+            if temperature > 0:
+                raise ValueError("drafts work with greedy generation only (temperature=0)")
+            if len(drafts) != len(encoded):
+                raise ValueError(f"got {len(drafts)} drafts for {len(encoded)} prompts")
+            draft_ids = [_draft_ids(d, vocab) for d in drafts]
+            results = _run_with_drafts(model, encoded, max_news, draft_ids, stop_at_end, return_probs,
+                                       batch_size, workers)
 
     out: list[Any] = []
     for ids, (gen_ids, probs, finished) in zip(encoded, results):
@@ -343,44 +338,3 @@ def generate(
         else:
             out.append(text)
     return out
-
-
-_ANSWER_RE = re.compile(r"(?:<pause>)*(-?\d+)<end>(?:<pad>)*")  # pause-mode answers follow their pauses
-
-
-def split_completion(text: str) -> tuple[Optional[str], Optional[str]]:
-    """Split ``"658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>"`` into
-    ``("8+9=17 5+8+1=14 6+1+1=8", "847")``.
-
-    Takes the whole sequence or only the completion. Without a ``<think>`` block (direct-answer
-    models, ``"3+5=8<end>"``) the trace is None and the answer is what follows the last ``=``. Any part
-    that is missing or malformed is None: an unclosed ``<think>``, an answer that is not digits
-    (an optional leading ``-``) followed by ``<end>``, a missing ``<end>``.
-
-    >>> split_completion("<think>2+4=6 1+3=4</think>46<end>")
-    ('2+4=6 1+3=4', '46')
-    >>> split_completion("<think>2+4=6 1+3")
-    (None, None)
-    >>> split_completion("<think>2+4=6</think>4 6<end>")
-    ('2+4=6', None)
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"split_completion expects a string, got {type(text).__name__}")
-    think: Optional[str] = None
-    start = text.find("<think>")
-    if start != -1:
-        stop = text.find("</think>", start)
-        if stop == -1:
-            return None, None
-        think = text[start + len("<think>") : stop]
-        if "<think>" in think:
-            think = None
-        rest = text[stop + len("</think>") :]
-    elif "</think>" in text:
-        rest = text[text.rfind("</think>") + len("</think>") :]
-    elif "=" in text:
-        rest = text[text.rfind("=") + 1 :]
-    else:
-        rest = text
-    match = _ANSWER_RE.fullmatch(rest)
-    return think, (match.group(1) if match else None)

@@ -36,11 +36,9 @@ elsewhere (CUDA, long sequences). ``model.set_attention_backend("sdpa" | "explic
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -50,10 +48,6 @@ from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from mathllm import tokenizer as _tok
-from mathllm.utils import atomic_write_bytes, atomic_write_json
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 _ACTIVATIONS = {
     "gelu": F.gelu,  # exact (erf) GELU, what the bridge's native model calls "gelu"
@@ -62,6 +56,7 @@ _ACTIVATIONS = {
     "silu": F.silu,
 }
 _POSITIONAL = ("rotary", "learned")
+MAX_N_CTX = 1 << 16  # longest context a config may ask for
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,12 +80,13 @@ class ModelConfig:
     eps: float = 1e-5  # LayerNorm epsilon (added to the variance inside the sqrt)
     dropout: float = 0.0  # dropout on embeddings, attention probabilities and block outputs (training only)
     init_std: float = 0.02  # std of the normal init; W_O and W_out get init_std / sqrt(2 * n_layers)
+    n_loops: int = 1  # run the block stack this many times with shared weights (1 = one pass), re-adding the input
     # Not constructor arguments and not saved: where the model lives. TransformerLens's patching
     # functions read cfg.device; MathTransformer keeps it in sync on .to()/.cuda()/.cpu().
     device: str = field(default="cpu", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "d_vocab", "n_ctx", "rotary_base"):
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "d_vocab", "n_ctx", "rotary_base", "n_loops"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
@@ -104,6 +100,9 @@ class ModelConfig:
             raise ValueError(f"act_fn must be one of {sorted(_ACTIVATIONS)}, got {self.act_fn!r}")
         if self.d_vocab < _tok.VOCAB_SIZE:
             raise ValueError(f"d_vocab ({self.d_vocab}) is smaller than the tokenizer's vocabulary ({_tok.VOCAB_SIZE})")
+        if self.n_ctx > MAX_N_CTX:
+            raise ValueError(f"ModelConfig.n_ctx {self.n_ctx} is above {MAX_N_CTX}: arithmetic here needs a few hundred "
+                             "positions, and the rotary table alone would take n_ctx x d_head floats")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.eps > 0 or not self.init_std > 0:
@@ -175,6 +174,7 @@ class ModelConfig:
             f"n_layers={self.n_layers}, d_model={self.d_model}, n_heads={self.n_heads}, "
             f"d_mlp={self.d_mlp}, d_vocab={self.d_vocab}, positional={self.positional}"
             + (f", n_ctx={self.n_ctx}" if self.positional == "learned" else "")
+            + (f", n_loops={self.n_loops}" if self.n_loops > 1 else "")
         )
 
 
@@ -241,10 +241,11 @@ class KVCache:
     @classmethod
     def for_model(cls, model: "MathTransformer", batch: int, capacity: Optional[int] = None,
                   differentiable: bool = False) -> "KVCache":
+        """A cache for ``model`` as it runs now: one slot per layer and iteration (``model.n_loops``)."""
         cfg = model.cfg
         cap = cfg.n_ctx if capacity is None else min(capacity, cfg.n_ctx)
-        return cls(cfg.n_layers, batch, cfg.n_heads, cfg.d_head, cap, model.W_E.device, model.W_E.dtype,
-                   differentiable=differentiable)
+        return cls(cfg.n_layers * model.n_loops, batch, cfg.n_heads, cfg.d_head, cap, model.W_E.device,
+                   model.W_E.dtype, differentiable=differentiable)
 
     def __len__(self) -> int:
         return self.length
@@ -482,12 +483,23 @@ class TransformerBlock(nn.Module):
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.dropout, training=True) if self.dropout and self.training else x
 
-    def forward(self, resid: torch.Tensor, rope, cache: Optional[KVCache]) -> torch.Tensor:
+    def forward(self, resid: torch.Tensor, rope, cache: Optional[KVCache], slot: Optional[int] = None) -> torch.Tensor:
+        """``slot``: this call's place in the KV cache (layer + iteration * n_layers in a looped model)."""
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self._drop(self.attn(self.ln1(resid), rope, cache, self.layer)))
+        slot = self.layer if slot is None else slot
+        attn_out = self.hook_attn_out(self._drop(self.attn(self.ln1(resid), rope, cache, slot)))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self._drop(self.mlp(self.ln2(resid))))
         return self.hook_resid_post(resid + mlp_out)
+
+
+class LoopHooks(nn.Module):
+    """The residual stream around one iteration of a looped model (``loops.{i}.hook_resid_pre/post``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]  the state entering iteration i (input re-added)
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]  the state after iteration i
 
 
 class Embed(nn.Module):
@@ -522,10 +534,6 @@ class Unembed(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, foreign, or does not fit the requested model shape."""
-
-
 class MathTransformer(HookedRootModule):
     """Decoder-only transformer with TransformerLens hook points at the standard names.
 
@@ -536,6 +544,14 @@ class MathTransformer(HookedRootModule):
     ``blocks.{l}.attn.hook_attn_scores/hook_pattern/hook_z``, ``blocks.{l}.hook_attn_out``,
     ``blocks.{l}.hook_resid_mid``, ``blocks.{l}.ln2.*``, ``blocks.{l}.mlp.hook_pre/hook_post``,
     ``blocks.{l}.hook_mlp_out``, ``blocks.{l}.hook_resid_post``, ``ln_final.hook_scale/hook_normalized``.
+
+    **Looped** (``n_loops`` L > 1, Saunshi et al. 2025; McLeish et al. 2024): the block stack runs L times with
+    shared weights and the input embedding is re-added at the start of every iteration (input injection):
+    ``h = blocks(e); h = blocks(h + e); ...``. Each iteration's residual stream has hook names of its own,
+    ``loops.{i}.hook_resid_pre`` / ``loops.{i}.hook_resid_post``, so caches, the lens, probes and patching see
+    every iteration (the hooks inside the blocks fire once per iteration; a cache keeps the last).
+    ``model.set_loops(L)`` (or ``with model.looping(L):``) runs any number of iterations, e.g. past the trained
+    count; the KV cache holds one slot per layer and iteration.
     """
 
     def __init__(self, cfg: Optional[ModelConfig] = None, **overrides: Any):
@@ -556,10 +572,34 @@ class MathTransformer(HookedRootModule):
             table = torch.stack([freqs.cos(), freqs.sin()], dim=-1)  # [n_ctx, d_head / 2, 2]
             self.register_buffer("rotary", table, persistent=False)
         self.blocks = nn.ModuleList([TransformerBlock(c, layer) for layer in range(c.n_layers)])
+        self.loops = nn.ModuleList()  # per-iteration hooks, only when looped (no weights)
         self.ln_final = LayerNorm(c.d_model, c.eps)
         self.unembed = Unembed(c)
         self.init_weights()
-        self.setup()  # HookedRootModule: names every HookPoint, builds hook_dict
+        self.n_loops = 1
+        self.set_loops(c.n_loops)  # also HookedRootModule.setup(): names every HookPoint, builds hook_dict
+
+    def set_loops(self, n_loops: int) -> None:
+        """Run the block stack ``n_loops`` times from now on (the trained count is ``cfg.n_loops``)."""
+        if isinstance(n_loops, bool) or not isinstance(n_loops, int) or n_loops < 1:
+            raise ValueError(f"n_loops must be a positive integer, got {n_loops!r}")
+        looped = n_loops > 1 or self.cfg.n_loops > 1
+        while looped and len(self.loops) < n_loops:
+            self.loops.append(LoopHooks())
+        self.n_loops = n_loops
+        self.setup()
+
+    @contextmanager
+    def looping(self, n_loops: Optional[int]) -> Iterator["MathTransformer"]:
+        """``with model.looping(8): ...`` runs 8 iterations inside the block, then goes back (None: no change)."""
+        before = self.n_loops
+        if n_loops is not None:
+            self.set_loops(n_loops)
+        try:
+            yield self
+        finally:
+            if self.n_loops != before:
+                self.set_loops(before)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "MathTransformer":
@@ -667,12 +707,25 @@ class MathTransformer(HookedRootModule):
             rope = self.rotary[past : past + P]  # [pos, d_head / 2, 2]
         if self.cfg.dropout and self.training:
             x = F.dropout(x, self.cfg.dropout, training=True)
-        for block in self.blocks:
-            x = block(x, rope, cache)
+        x = self._iterate(x, rope, cache)
         if cache is not None:
             cache.length = past + P
         out = self._output(x, input_ids, return_type)
         return (out, cache) if use_cache else out
+
+    def _iterate(self, embedded: torch.Tensor, rope, cache: Optional[KVCache]) -> torch.Tensor:
+        """The block stack, ``n_loops`` times, with the input re-added before every iteration after the first."""
+        if not len(self.loops):  # one pass: the plain transformer
+            for block in self.blocks:
+                embedded = block(embedded, rope, cache)
+            return embedded
+        resid, n = embedded, self.cfg.n_layers
+        for i in range(self.n_loops):
+            resid = self.loops[i].hook_resid_pre(resid if i == 0 else resid + embedded)
+            for block in self.blocks:
+                resid = block(resid, rope, cache, slot=i * n + block.layer)
+            resid = self.loops[i].hook_resid_post(resid)
+        return resid
 
     def _output(self, resid: torch.Tensor, input_ids: Optional[torch.Tensor], return_type: Optional[str]):
         if return_type is None:
@@ -818,6 +871,8 @@ class MathTransformer(HookedRootModule):
         tensors flattened to nn.Linear layout, values unchanged; the bridge's unembed bias is zero).
         Returned in eval mode on this model's device; it is a copy, not a view.
         """
+        if self.n_loops > 1:
+            raise NotImplementedError("TransformerBridge runs each block once; a looped model has no bridge")
         import transformer_lens.model_bridge.sources.native  # noqa: F401  (registers boot_native)
         from transformer_lens.model_bridge import TransformerBridge
         from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
@@ -830,153 +885,3 @@ class MathTransformer(HookedRootModule):
         if result.missing_keys or result.unexpected_keys:  # strict=True raises first; belt and braces
             raise RuntimeError(f"bridge load mismatch: {result}")
         return bridge.eval()
-
-    # ---- checkpoints ----
-    def save_pretrained(self, directory: Union[str, Path], metadata: Optional[dict[str, str]] = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (each atomically). No pickle."""
-        from safetensors.torch import save
-
-        directory = Path(directory)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        meta = {"format": "pt", "mathllm_model": "MathTransformer"}
-        meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-        atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata=meta))
-        atomic_write_json(directory / CONFIG_NAME, self.cfg.to_dict())
-        return directory
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: Union[str, Path],
-        *,
-        config: Union[ModelConfig, dict, None] = None,
-        model_size: Optional[str] = None,
-        device: Union[str, torch.device, None] = None,
-    ) -> "MathTransformer":
-        """Load a checkpoint directory (or its ``.safetensors`` file with ``config.json`` beside it).
-
-        ``config`` replaces config.json; ``model_size`` (a preset name) replaces the four shape fields
-        (n_layers, d_model, n_heads, d_mlp) and keeps the rest from config.json. Anything that does not
-        fit raises :class:`CheckpointError` naming the expected and the found shapes.
-        """
-        weights_path, config_path = _resolve_checkpoint_paths(Path(path))
-        state = _read_safetensors(weights_path)
-        found = _shape_from_state(state, weights_path)
-
-        file_cfg: Optional[dict] = None
-        if config_path.is_file():
-            try:
-                file_cfg = json.loads(config_path.read_text())
-                if not isinstance(file_cfg, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{config_path} is not a valid model config ({e})") from None
-
-        try:
-            if config is not None:
-                cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
-                source = "the given config"
-            elif model_size is not None:
-                if model_size not in PRESETS:
-                    raise CheckpointError(f"unknown model_size {model_size!r}; choose one of {list(PRESETS)}")
-                base = ModelConfig.from_dict(file_cfg).to_dict() if file_cfg is not None else {}
-                base.pop("d_head", None)
-                cfg = ModelConfig(**{**base, **PRESETS[model_size]})
-                source = f"model_size {model_size!r}"
-            elif file_cfg is not None:
-                cfg = ModelConfig.from_dict(file_cfg)
-                source = str(config_path)
-            else:
-                raise CheckpointError(
-                    f"no {CONFIG_NAME} next to {weights_path}; pass config=ModelConfig(...) or "
-                    f"model_size=<{'|'.join(PRESETS)}> to say what shape the weights have "
-                    f"(the weights look like: {found})"
-                )
-        except CheckpointError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"bad model config for {weights_path}: {e}") from None
-
-        model = cls(cfg)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        missing = sorted(set(expected) - set(got))
-        unexpected = sorted(set(got) - set(expected))
-        wrong = [k for k in expected if k in got and expected[k] != got[k]]
-        if missing or unexpected or wrong:
-            details = [f"{k}: expected {expected[k]}, found {got[k]}" for k in wrong[:3]]
-            if missing:
-                details.append(f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}")
-            if unexpected:
-                details.append(f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
-            raise CheckpointError(
-                f"{source} expects {cfg.shape_summary()} but the checkpoint {weights_path} has {found}. "
-                + "; ".join(details)
-            )
-        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
-        if device is not None:
-            model.to(device)
-        return model
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoint helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _resolve_checkpoint_paths(path: Path) -> tuple[Path, Path]:
-    if path.is_dir():
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            present = sorted(p.name for p in path.iterdir())[:8]
-            hint = ""
-            if any(n.endswith((".pt", ".pth", ".bin", ".ckpt")) for n in present):
-                hint = " (pickled .pt/.pth/.bin files are never loaded: they can run code)"
-            raise CheckpointError(f"no {WEIGHTS_NAME} in {path}; it contains {present or 'nothing'}{hint}")
-        return weights, path / CONFIG_NAME
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise CheckpointError(
-                f"{path} is not a .safetensors file; give a checkpoint directory or its {WEIGHTS_NAME} "
-                "(pickled .pt/.pth files are never loaded)"
-            )
-        return path, path.parent / CONFIG_NAME
-    raise CheckpointError(f"no checkpoint at {path} (no such file or directory)")
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    data = path.read_bytes()
-    try:
-        state = load(data)
-    except Exception as e:  # SafetensorError and friends: truncated, corrupt, not safetensors at all
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({len(data)} bytes; truncated or corrupt?): {e}"
-        ) from None
-    bad = [k for k, v in state.items() if not v.is_floating_point()]
-    if bad:
-        raise CheckpointError(f"{path} holds non-float tensors {bad[:3]}; not a mathllm model checkpoint")
-    return state
-
-
-def _shape_from_state(state: dict[str, torch.Tensor], path: Path) -> str:
-    """Describe the shape a state dict implies, e.g. for error messages."""
-    if "embed.W_E" not in state or "blocks.0.attn.W_Q" not in state:
-        keys = sorted(state)[:5]
-        raise CheckpointError(
-            f"{path} does not look like a mathllm MathTransformer checkpoint "
-            f"(no embed.W_E / blocks.0.attn.W_Q; its first keys are {keys})"
-        )
-    d_vocab, d_model = state["embed.W_E"].shape
-    n_heads = state["blocks.0.attn.W_Q"].shape[0]
-    layers = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    parts = [f"n_layers={len(layers)}", f"d_model={d_model}", f"n_heads={n_heads}"]
-    if "blocks.0.mlp.W_in" in state:
-        parts.append(f"d_mlp={state['blocks.0.mlp.W_in'].shape[-1]}")
-    parts.append(f"d_vocab={d_vocab}")
-    if "pos_embed.W_pos" in state:
-        parts.append(f"positional=learned, n_ctx={state['pos_embed.W_pos'].shape[0]}")
-    else:
-        parts.append("positional=rotary")
-    return ", ".join(parts)

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
+from mathllm.checkpoints import TrainedModel
+from mathllm.evaluate import model_and_mode
+from mathllm.text import parse_completion
 from mathllm.tokenizer import END_ID, TOKENIZER
+from mathllm.training_mode import TrainingMode
 
 
 class ExpressionError(ValueError):
@@ -43,7 +48,8 @@ class PlaygroundResult:
     tokens: list[str]  # generated tokens, one label each
     token_probs: list[float]  # probability the model gave to each generated token
     warnings: list[str] = field(default_factory=list)
-    mode: str = "teacher"  # the training mode (mathllm.modes); e.g. "gumbel": the think tokens are the model's own
+    mode: str = "teacher"  # the name of the training mode (mathllm.modes)
+    mode_note: Optional[str] = None  # what to know about that mode when reading the output (None: teacher forcing)
 
 
 _ALLOWED = set("0123456789+= ")
@@ -87,32 +93,23 @@ def parse_expression(text: str, max_digits: int | None = None, max_operands: int
 
 
 def training_limits(model) -> tuple[int | None, int | None]:
-    """(max_digits, max_operands) of the data a model was trained on, when its checkpoint recorded them."""
-    meta = getattr(model, "training_meta", None) or {}
-    data_args = (meta.get("data_meta") or {}).get("arguments", {}) if isinstance(meta, dict) else {}
-    return data_args.get("max_digits"), data_args.get("max_operands")
+    """(max_digits, max_operands) of the data a ``TrainedModel`` was trained on, when its run recorded them."""
+    if not isinstance(model, TrainedModel):
+        return None, None
+    args = model.data_arguments
+    return args.get("max_digits"), args.get("max_operands")
 
 
 @torch.inference_mode()
 def sample_completion(model, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
-                      seed: int | None = None) -> tuple[list[int], list[float]]:
-    """Generate after ``prompt`` (KV cache); return the token ids and the probability of each.
-
-    A model trained in another mode is run as that mode is used (``mathllm.modes.generate_for_mode``: pauses
-    given, a gumbel model's own think tokens from its alphabet)."""
-    from mathllm.generate import generate
-    from mathllm.modes import generate_for_mode, mode_settings
-
+                      seed: int | None = None, mode: Optional[TrainingMode] = None) -> tuple[list[int], list[float]]:
+    """Generate after ``prompt`` the way the model's mode is used; return the token ids and the probability of each."""
+    model, mode = model_and_mode(model, mode)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=model.W_E.device).manual_seed(seed)
-    settings = mode_settings(model)
-    if settings.mode != "teacher":
-        (gen,) = generate_for_mode(model, [prompt], settings, max_new_tokens=max_new_tokens, return_probs=True,
-                                   temperature=temperature, generator=generator)
-        return gen.token_ids, gen.probs
-    (gen,) = generate(model, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
-                      return_probs=True, generator=generator)
+    (gen,) = mode.generate(model, [prompt], max_new_tokens=max_new_tokens, return_probs=True,
+                           temperature=temperature, generator=generator)
     return gen.token_ids, gen.probs
 
 
@@ -120,23 +117,24 @@ _OPERANDS_RE = re.compile(r"^(\d+(?:\+\d+)+)=")
 
 
 def run_expression(model, text: str, temperature: float = 0.0, max_new_tokens: int | None = None,
-                   seed: int | None = None) -> PlaygroundResult:
+                   seed: int | None = None, mode: Optional[TrainingMode] = None) -> PlaygroundResult:
     """Parse ``text``, let the model complete it, and compare with the true sum.
 
-    >>> # run_expression(model, "658+189").full_text
-    >>> # '658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>'
-    """
-    from mathllm.generate import split_completion
-    from mathllm.modes import mode_settings
+    ``model`` is a ``TrainedModel`` (``mathllm.checkpoints.load``: its mode and training limits are used) or a bare
+    model (teacher forcing unless ``mode`` is given)::
 
+        run_expression(load("checkpoints/add3_cot"), "658+189").full_text
+        # '658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>'
+    """
     max_digits, max_operands = training_limits(model)
+    model, mode = model_and_mode(model, mode)
     parsed = parse_expression(text, max_digits=max_digits, max_operands=max_operands)
     prompt_len = len(TOKENIZER.encode(parsed.prompt))
     room = model.cfg.n_ctx - prompt_len
     if room <= 0:
         raise ExpressionError(f"the expression is {prompt_len} tokens long; this model reads at most {model.cfg.n_ctx}")
     max_new = min(max_new_tokens or room, room)
-    ids, probs = sample_completion(model, parsed.prompt, max_new, temperature, seed)
+    ids, probs = sample_completion(model, parsed.prompt, max_new, temperature, seed, mode)
     completion = TOKENIZER.decode(ids)
     full_text = parsed.prompt + completion
     warnings = list(parsed.warnings)
@@ -153,7 +151,7 @@ def run_expression(model, text: str, temperature: float = 0.0, max_new_tokens: i
         else:
             warnings.append("the model did not complete the expression into operands followed by '='")
             answer_part = ""
-    think, answer = split_completion(answer_part)
+    think, answer = parse_completion(answer_part)
     model_answer = int(answer) if answer is not None and answer.isdigit() else None
     true_answer = sum(operands) if operands else None
     correct = None if true_answer is None else model_answer == true_answer
@@ -161,5 +159,5 @@ def run_expression(model, text: str, temperature: float = 0.0, max_new_tokens: i
         prompt=parsed.prompt, completion=completion, full_text=full_text,
         think_steps=think.split() if think else [], model_answer=model_answer, operands=operands,
         true_answer=true_answer, correct=correct, tokens=TOKENIZER.str_tokens(ids),
-        token_probs=list(probs), warnings=warnings, mode=mode_settings(model).mode,
+        token_probs=list(probs), warnings=warnings, mode=mode.name, mode_note=mode.note,
     )

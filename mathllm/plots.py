@@ -1,11 +1,12 @@
 """Every plot of the workbench: plotly figures to explore in the notebooks, matplotlib PNGs for ``figures/``.
 
-One section per topic, in notebook order; add a new section at the end rather than growing another one.
+One section per topic, in notebook order; add a new section at the end rather than growing another one::
 
-    >>> fig = plot_data_distributions(dataset)            # plotly, shown inline with fig.show()
-    >>> save_data_distributions_png(dataset)              # figures/01_data_distributions.png
+    fig = plot_data_distributions(dataset)            # plotly, shown inline with fig.show()
+    save_data_distributions_png(dataset)              # figures/01_data_distributions.png
 
-Sections: data (notebook 01), training (02), evaluation (03), playground (04), interpretability (05-07).
+Sections: data (notebook 01), training (02), evaluation (03), playground (04), interpretability (05-07),
+reasoning without instructions (08).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mathllm.data import describe
+from mathllm.tokenizer import VOCAB
 from mathllm.utils import REPO_ROOT
 
 FIGURES_DIR = REPO_ROOT / "figures"
@@ -44,7 +47,6 @@ def data_distributions(splits: Mapping[str, Any]) -> dict[str, Any]:
     ``fractions[panel][split] = (values, fraction of the split's examples)``; ``carries_by_digits`` is a
     ``[num_digits, num_carries]`` table of fractions per row, over all splits together.
     """
-    from mathllm.data import describe
 
     described = {name: describe(splits[name]) for name in splits}
     fractions: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {panel: {} for panel in DATA_PANELS}
@@ -200,7 +202,7 @@ def save_training_curves_png(history: Sequence[Mapping[str, Any]], path: str | P
 class LiveTrainingPlot:
     """A ``train(..., on_log=...)`` callback that redraws the curves in place in a notebook.
 
-    >>> # live = LiveTrainingPlot(); train(cfg, on_log=live); live.close()
+    live = LiveTrainingPlot(); train(cfg, on_log=live); live.close()
     """
 
     def __init__(self, every: int = 1, title: str = "Training (live)"):
@@ -393,8 +395,7 @@ def plot_probe_accuracy(results, quantities: Sequence[str] | None = None, title:
     numbers in parentheses do not beat those baselines clearly (``ProbeResults.meaningful``)."""
     import plotly.graph_objects as go
 
-    from mathllm.interp.positions import describe_quantity
-
+    describe_quantity = results.describe
     names = list(results.quantities) if quantities is None else list(quantities)
     fig = go.Figure()
     n_test = np.broadcast_to(results.n_test[None, :], results.accuracy.shape[1:])
@@ -427,8 +428,7 @@ def save_probe_accuracy_png(results, quantities: Sequence[str],
     that do not beat the shuffled-label control and the majority class clearly."""
     from matplotlib.figure import Figure
 
-    from mathllm.interp.positions import describe_quantity
-
+    describe_quantity = results.describe
     K, S = len(results.kinds), len(results.streams)
     fig = Figure(figsize=(max(10.0, 0.33 * K + 2), 1.3 + (0.32 * S + 0.75) * len(quantities)), dpi=110,
                  layout="constrained")
@@ -727,7 +727,6 @@ def plot_think_token_frequencies(stats: Mapping[str, Any], title: str = "What th
     positions, colour = share of traces with that token there."""
     import plotly.graph_objects as go
 
-    from mathllm.tokenizer import VOCAB
 
     used = stats["tokens_used"]
     freq = np.asarray(stats["frequencies"])[:, used].T if used else np.zeros((0, 0))

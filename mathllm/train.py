@@ -1,67 +1,63 @@
-"""Trainer: teacher forcing and the no-CoT-label modes, loss on the completion only, zero padding, exact resume.
+"""Trainer: a short loop over the training mode's step, with exact resume, checkpoints, logs and W&B.
 
-A training example is one rendered line such as ``12+34=<think>2+4=6 1+3=4</think>46<end>``. The model
-reads all of it; the loss is taken only on the tokens after the first ``=`` (the completion, think
-block included), so the model is never asked to predict the random operands.
+A training example is one rendered line such as ``12+34=<think>2+4=6 1+3=4</think>46<end>``. What the model
+reads of it, and what the loss is taken on, is the *training mode*'s business (``mathllm.training_mode``; the
+modes live in ``mathllm.modes``): teacher forcing (the default) reads the whole line and scores the
+completion, everything after the first ``=``. The trainer only calls the mode's interface::
 
-``--mode`` picks what the model is trained on (``mathllm.modes`` has the details): ``teacher`` (the human
-trace, the default), ``answer-only`` (no think block), ``pause`` (K ``<pause>`` tokens, loss on the answer),
-``gumbel`` (the model writes K think tokens itself by straight-through Gumbel-softmax; loss on the answer
-only) and ``internalize`` (the trace loses tokens from the front as training goes on). Options for free
-thinking: ``--init-from`` (warm start), ``--mix-teacher`` (share of teacher batches, optionally annealed),
-temperature annealing, an entropy term.
+    trainer = Trainer(TrainConfig(model_size="tiny", data_dir="data", output_dir="checkpoints/run1"))
+    result = trainer.fit()        # training_step until max_steps, validation_step every eval_steps
 
-No compute is spent on padding: examples are grouped by token length and every batch is drawn from one
-length group, so a batch is a dense ``[batch, length]`` tensor with no ``<pad>`` in it.
+The output directory is described in ``mathllm.checkpoints``. Running the same command on the same output
+directory resumes from the newest readable checkpoint and reaches the same weights as an uninterrupted run.
+Ctrl-C saves a checkpoint and exits.
 
-The output directory holds::
-
-    model.safetensors, config.json     final weights (written atomically) and model config
-    checkpoint-N/                      weights, optimizer, scheduler, RNG states, step (resumable)
-    training_config.json               full TrainConfig, seed, code version, data meta
-    test_results.json                  evaluation of the final model on the test split
-    logs/training.log                  timestamped log (coloured on a terminal)
-    logs/metrics.jsonl                 one JSON object per logged step / evaluation
-
-Running the same command on the same output directory resumes from the newest checkpoint and reaches
-the same weights as an uninterrupted run. Ctrl-C saves a checkpoint and exits.
+An experiment is a file: ``configs/main.json`` holds a run's settings (every ``TrainConfig`` field, the mode's
+settings, and a ``data`` section for ``scripts/generate_data.py``); ``scripts/train.py --config FILE`` reads it
+and flags override it (``config_from_file``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mathllm.tokenizer import EQUALS_ID, PAUSE_ID, TOKENIZER
-from mathllm.utils import atomic_write_bytes, atomic_write_json, code_version, resolve_device, seed_everything
+from mathllm.checkpoints import (TRAINER_STATE, append_metrics, clean_leftovers, load_model, mode_metadata,
+                                 newest_readable_checkpoint, read_metrics, remove_run, restore, save_checkpoint,
+                                 save_model, write_metrics)
+from mathllm.data import load_split
+from mathllm.distributed import Distributed
+from mathllm.evaluate import evaluate_split, exact_match_texts
+from mathllm.model import MAX_N_CTX, MathTransformer, ModelConfig
+from mathllm.training_mode import (StepContext, StepOutput, TrainingMode, available_modes, get_mode, mode_class,
+                                   step_seed)
+from mathllm.utils import atomic_write_json, code_version, resolve_device, seed_everything
 
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.json"
+# The example command that makes data, for error messages.
+GENERATE_EXAMPLE = "python scripts/generate_data.py --num-examples 100000 --max-digits 2"
 
 
 @dataclass
 class TrainConfig:
     """Every knob of a training run; saved whole to ``training_config.json``.
 
-    Defaults are the seed's. ``scripts/train.py`` exposes each field as ``--field-name``.
+    Defaults are the seed's. ``scripts/train.py`` exposes each field as ``--field-name`` (and each setting of
+    each mode, e.g. ``--think-tokens``, which lands in ``mode_settings``).
     """
 
-    model_size: str = "small"  # preset in mathllm.model.PRESETS: tiny, small, medium, large
+    model_size: str = "small"  # preset in mathllm.model.PRESETS: tiny, mini, small, medium, large
     positional: str | None = None  # "rotary" | "learned"; None = the preset's default
     n_layers: int | None = None  # override the preset's number of layers (None = the preset's)
     d_model: int | None = None  # override the preset's residual width
@@ -84,6 +80,7 @@ class TrainConfig:
     save_total_limit: int = 2  # keep only the newest this many checkpoint-N directories
     eval_steps: int = 1000  # validate (loss + exact match on eval_examples) every this many steps
     eval_examples: int = 512  # validation examples decoded for exact match at each evaluation
+    eval_loss_examples: int | None = None  # validation loss on the first this many val examples (None: all)
     logging_steps: int = 100  # log loss / lr / throughput every this many steps
     fp16: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     wandb: bool = True  # log to Weights & Biases when importable; offline with a warning when no login
@@ -91,206 +88,130 @@ class TrainConfig:
     seed: int = 42  # seeds data order, initialisation and dropout
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     threads: int | None = None  # torch intra-op threads; None = torch's default
-    mode: str = "teacher"  # teacher | answer-only | pause | gumbel | internalize (see mathllm.modes)
-    use_gumbel: bool = False  # the seed's flag: an alias for --mode gumbel
-    think_tokens: str = "trace"  # pause/gumbel: think budget K, an integer or "trace" (the human trace's length)
-    think_alphabet: str = "digits"  # gumbel: what it may think in: digits (0-9 + = space), latent (<z0>..<z15>), both
-    gumbel_temperature: float = 1.0  # gumbel: Gumbel-softmax temperature (the start value when annealed)
-    gumbel_temperature_end: float | None = None  # gumbel: anneal the temperature to this by the last step
-    gumbel_anneal: str = "exponential"  # gumbel: temperature schedule, linear | exponential
-    gumbel_backward: str = "parallel"  # gumbel: parallel (fast) | sequential (cached K steps, exact) | uncached
-    gumbel_grad_depth: int = 1  # gumbel, parallel: sampling decisions a gradient path crosses (K = exact)
-    gumbel_cuda_graph: bool = True  # gumbel, parallel, on CUDA: replay the K sampling steps as a CUDA graph
-    entropy_weight: float = 0.0  # gumbel: + weight * mean think entropy (nats); > 0 sharpens, < 0 explores
-    internalize_start: float = 0.0  # internalize: fraction of training before trace tokens start to go
-    internalize_end: float = 0.75  # internalize: fraction of training by which the whole trace is gone
-    internalize_stages: int | None = None  # internalize: remove in this many equal stages (None: token by token)
-    internalize_smoothing: float = 0.0  # internalize: lambda of Deng et al.'s removal smoothing (0 = off; they use 4)
-    internalize_reset_optimizer: bool = False  # internalize: reset AdamW state whenever more tokens go (Deng et al.)
+    mode: str = "teacher"  # the training mode (mathllm.modes): teacher, answer-only, pause, gumbel, internalize
+    mode_settings: dict[str, Any] = field(default_factory=dict)  # the mode's own settings (its flags)
     init_from: str | None = None  # warm start: load these weights (a run directory or .safetensors) at step 0
-    mix_teacher: float = 0.0  # other modes: share of steps trained in teacher mode instead
+    mix_teacher: float = 0.0  # modes other than teacher: share of steps trained by teacher forcing instead
     mix_teacher_end: float | None = None  # anneal that share linearly to this by the last step (a curriculum)
     operand_balance: float = 0.0  # oversample rare operand counts: repeat ~(largest/count)**this; 1 = equal shares
+    stratum_min_share: float = 0.0  # repeat every stratum (tuple of operand lengths) to at least this share of an epoch
     prompt_loss_weight: float = 0.0  # also score the prompt tokens, at this weight (0 = completion only); > 0 lets a model finish "7+"
     evaluate_test: bool = True  # evaluate the final model on test.jsonl and write test_results.json
     progress: bool = True  # show tqdm progress bars
 
     def __post_init__(self) -> None:
-        from mathllm.modes import check_mode_config
+        self.mode_settings = dict(self.mode_settings or {})
+        for name in ("batch_size", "eval_batch_size", "logging_steps", "eval_steps", "save_steps", "num_epochs"):
+            _require(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                     f"--{_flag(name)} must be a positive integer, got {getattr(self, name)!r}")
+        _require(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
+        _require(self.eval_examples >= 0, f"--eval-examples must be >= 0, got {self.eval_examples}")
+        _require(self.eval_loss_examples is None or self.eval_loss_examples >= 1,
+                 f"--eval-loss-examples must be >= 1, got {self.eval_loss_examples}")
+        _require(self.save_total_limit >= 0, f"--save-total-limit must be >= 0, got {self.save_total_limit}")
+        _require(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        _require(2 <= self.max_length <= MAX_N_CTX, f"--max-length must be in 2..{MAX_N_CTX}, got {self.max_length}")
+        _require(math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                 f"--learning-rate must be positive, got {self.learning_rate}")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _require(self.max_grad_norm > 0, f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+        _require(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        _require(self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
+        _require(self.operand_balance >= 0, f"--operand-balance must be >= 0, got {self.operand_balance}")
+        _require(0 <= self.stratum_min_share < 1,
+                 f"--stratum-min-share must be in [0, 1), got {self.stratum_min_share}")
+        _require(self.prompt_loss_weight >= 0, f"--prompt-loss-weight must be >= 0, got {self.prompt_loss_weight}")
+        for name in ("mix_teacher", "mix_teacher_end"):
+            value = getattr(self, name)
+            _require(value is None or 0.0 <= value <= 1.0, f"--{_flag(name)} must be in [0, 1], got {value}")
+        mode = self.training_mode()  # an unknown mode or setting is an error here
+        if self.mixes_teacher and not mode.can_mix_teacher:
+            raise ValueError(f"--mix-teacher mixes teacher-forced steps into another mode; it means nothing with "
+                             f"--mode {self.mode}")
+        mode.check(self)
 
-        self.think_tokens = str(self.think_tokens)
-        if self.use_gumbel:  # the seed's --use-gumbel: normalised to --mode gumbel so both spellings resume alike
-            if self.mode not in ("teacher", "gumbel"):
-                raise ValueError(f"--use-gumbel contradicts --mode {self.mode}")
-            self.mode, self.use_gumbel = "gumbel", False
-        check_mode_config(self)
-        if self.prompt_loss_weight < 0:
-            raise ValueError(f"--prompt-loss-weight must be >= 0, got {self.prompt_loss_weight}")
-        if self.prompt_loss_weight and self.mode == "gumbel":
-            raise ValueError("--prompt-loss-weight is for the teacher-forced modes; the gumbel mode scores the answer")
+    @property
+    def mixes_teacher(self) -> bool:
+        return self.mix_teacher > 0 or (self.mix_teacher_end or 0) > 0
+
+    def training_mode(self) -> TrainingMode:
+        """The mode this config names, with its settings."""
+        return get_mode(self.mode, **self.mode_settings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """From ``to_dict`` output, or from a flat dict whose extra keys are the mode's settings
+        (``{"mode": "gumbel", "think_tokens": "8", ...}``: the layout of config files and of older records)."""
+        d = dict(d)
+        if d.pop("use_gumbel", False):  # the seed's flag, in records written before the modes moved out
+            d["mode"] = mode_class("gumbel").name
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training config fields: {sorted(unknown)}")
+        extra = {k: d.pop(k) for k in list(d) if k not in known}
+        if extra:
+            mode = d.get("mode") or cls.mode
+            unknown = sorted(set(extra) - set(mode_class(mode).setting_names()))
+            if unknown:
+                raise ValueError(f"unknown training config fields: {unknown} (neither TrainConfig fields nor settings "
+                                 f"of --mode {mode})")
+            d["mode_settings"] = {**extra, **(d.get("mode_settings") or {})}
         return cls(**d)
 
 
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
 # Fields that may differ between an interrupted run and its resumption without changing the result.
-_RESUME_IGNORED_FIELDS = {"output_dir", "progress", "wandb", "wandb_project", "num_workers", "device",
-                          "threads", "evaluate_test", "eval_batch_size", "gumbel_cuda_graph"}
+RESUME_IGNORED_FIELDS = {"output_dir", "progress", "wandb", "wandb_project", "num_workers", "device", "threads",
+                         "evaluate_test", "eval_batch_size"}
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: tokenize once, group by length
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class LengthGroupedData:
-    """Examples tokenized and grouped by length: ``groups[L]`` is a ``[n, L]`` long tensor.
-
-    ``loss_masks[L][i, t]`` is True when target token ``t + 1`` of example ``i`` is in the completion
-    (after the first ``=``), i.e. the positions the loss is taken on.
-    """
-
-    groups: dict[int, torch.Tensor]
-    loss_masks: dict[int, torch.Tensor]
-    num_examples: int
-    # repeats[L][i]: how often example i of length L appears in one epoch (None = once each)
-    repeats: dict[int, torch.Tensor] | None = None
-
-    @classmethod
-    def from_texts(cls, texts: list[str], max_length: int, source: str = "data",
-                   operand_balance: float = 0.0, ignore_target_ids: tuple[int, ...] = ()) -> "LengthGroupedData":
-        """``operand_balance`` p: an operand count (``12+3=`` has 2, ``1+2+3=`` 3) with k times fewer
-        examples than the most common one is repeated ``round(k ** p)`` times per epoch: 0 = as generated,
-        1 = equal shares, 0.5 = in between (2-digit, 2-3 operands: 9% two-operand problems becomes 24%).
-        ``ignore_target_ids``: targets never scored (``<pause>``: the pause mode forces them).
-        """
-        by_length: dict[int, list[list[int]]] = {}
-        operands_by_length: dict[int, list[int]] = {}
-        for line_no, text in enumerate(texts, 1):
-            ids = TOKENIZER.encode(text)
-            if len(ids) > max_length:
-                raise ValueError(
-                    f"{source}, example {line_no}: {len(ids)} tokens is longer than --max-length {max_length}: {text!r}"
-                )
-            if EQUALS_ID not in ids:
-                raise ValueError(f"{source}, example {line_no}: no '=' in {text!r}")
-            by_length.setdefault(len(ids), []).append(ids)
-            prompt = text.split("=", 1)[0]
-            operands_by_length.setdefault(len(ids), []).append(1 + sum(prompt.count(op) for op in "+-*"))
-        groups, masks = {}, {}
-        for length in sorted(by_length):
-            ids = torch.tensor(by_length[length], dtype=torch.long)
-            groups[length] = ids
-            first_eq = (ids == EQUALS_ID).int().argmax(dim=1, keepdim=True)  # [n, 1]
-            target_pos = torch.arange(1, length).unsqueeze(0)  # positions of targets ids[:, 1:]
-            masks[length] = target_pos > first_eq  # [n, L-1]
-            for token in ignore_target_ids:
-                masks[length] &= ids[:, 1:] != token
-        return cls(groups, masks, len(texts), _operand_repeats(operands_by_length, operand_balance, groups))
-
-    @classmethod
-    def from_rows(cls, rows: dict[Any, list[list[int]]], operands: dict[Any, list[int]],
-                  operand_balance: float = 0.0) -> "LengthGroupedData":
-        """Groups under any sortable keys (the gumbel mode keys them by layout); no loss masks."""
-        groups = {key: torch.tensor(rows[key], dtype=torch.long) for key in sorted(rows)}
-        n = sum(len(r) for r in rows.values())
-        return cls(groups, {}, n, _operand_repeats(operands, operand_balance, groups))
-
-    def num_tokens(self) -> int:
-        return sum(g.numel() for g in self.groups.values())
-
-    def batch_order(self, batch_size: int, seed: int) -> "_BatchOrder":
-        return _BatchOrder(self, batch_size, seed)
-
-    def epoch_batches(self, batch_size: int, epoch: int, seed: int) -> list[tuple[int, torch.Tensor]]:
-        """The deterministic batch order of one epoch: a list of (length, example indices)."""
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        batches = []
-        for length, ids in self.groups.items():
-            if self.repeats is None:
-                order = torch.randperm(len(ids), generator=gen)
-            else:
-                pool = torch.arange(len(ids)).repeat_interleave(self.repeats[length])
-                order = pool[torch.randperm(len(pool), generator=gen)]
-            batches.extend((length, order[i : i + batch_size]) for i in range(0, len(order), batch_size))
-        shuffle = torch.randperm(len(batches), generator=gen).tolist()
-        return [batches[i] for i in shuffle]
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of an experiment file such as ``configs/main.json`` (a bad file names its line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, got {type(value).__name__}")
+    return value
 
 
-def _operand_repeats(operands_by_key: dict[Any, list[int]], balance: float,
-                     groups: dict[Any, torch.Tensor]) -> dict[Any, torch.Tensor] | None:
-    if not balance:
-        return None
-    counts: dict[int, int] = {}
-    for ops in operands_by_key.values():
-        for k in ops:
-            counts[k] = counts.get(k, 0) + 1
-    largest = max(counts.values())
-    return {key: torch.tensor([round((largest / counts[k]) ** balance) for k in operands_by_key[key]])
-            for key in groups}
-
-
-class _BatchOrder:
-    """Batch ``i`` of the endless sequence of epochs (epoch ``i // steps_per_epoch``), one epoch cached."""
-
-    def __init__(self, data: LengthGroupedData, batch_size: int, seed: int):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.epoch, self.batches = 0, data.epoch_batches(batch_size, 0, seed)
-        self.steps_per_epoch = len(self.batches)
-
-    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
-        epoch = index // self.steps_per_epoch
-        if epoch != self.epoch:
-            self.epoch, self.batches = epoch, self.data.epoch_batches(self.batch_size, epoch, self.seed)
-        return self.batches[index % self.steps_per_epoch]
-
-
-def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor,
-                    prompt_weight: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy over completion targets. logits ``[b, L-1, V]`` predict ``ids[:, 1:]``.
-
-    ``prompt_weight`` w > 0 adds w times the mean cross-entropy over the prompt's targets (its second token
-    up to and including the first ``=``: in ``7+3=<think>...`` the targets ``+``, ``3`` and ``=``), which
-    teaches the model to write prompts too, so that it can finish a partial input such as ``7+``.
-    """
-    targets = ids[:, 1:]
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-    mask = loss_mask.flatten().float()
-    loss = (losses * mask).sum() / mask.sum().clamp_min(1.0)
-    if prompt_weight:
-        prompt = prompt_targets(ids).flatten().float()
-        loss = loss + prompt_weight * (losses * prompt).sum() / prompt.sum().clamp_min(1.0)
-    return loss
-
-
-def prompt_targets(ids: torch.Tensor) -> torch.Tensor:
-    """``[b, L-1]``: True where target ``ids[:, t + 1]`` is in the prompt (no ``=`` among ``ids[:, :t + 1]``)."""
-    return (ids[:, :-1] == EQUALS_ID).cumsum(dim=1) == 0
+def config_from_file(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The ``TrainConfig`` of an experiment file, with ``overrides`` on top; its ``data`` section (the arguments
+    of ``mathllm.data.generate_dataset``) and ``//`` comment keys are not training settings and are skipped."""
+    settings = {k: v for k, v in read_config_file(path).items() if k != "data" and not k.startswith("//")}
+    try:
+        return TrainConfig.from_dict({**settings, **overrides})
+    except TypeError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def load_training_texts(data_dir: str | os.PathLike, split: str) -> list[str]:
     """Texts of ``data_dir/split.jsonl``; a missing directory says which command makes it."""
-    from mathllm.data import load_split
-
     path = Path(data_dir) / f"{split}.jsonl"
     if not Path(data_dir).is_dir() or not path.is_file():
-        raise FileNotFoundError(
-            f"no {split} split at {path}. Generate the data first, e.g.\n"
-            f"    python scripts/generate_data.py --num-examples 100000 --max-digits 2 --output-dir {data_dir}"
-        )
-    return [ex["text"] for ex in load_split(path)]
+        raise FileNotFoundError(f"no {split} split at {path}. Generate the data first, e.g.\n"
+                                f"    {GENERATE_EXAMPLE} --output-dir {data_dir}")
+    texts = [ex["text"] for ex in load_split(path)]
+    if not texts:
+        raise ValueError(f"{path} holds no examples; generate the data again")
+    return texts
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimizer and schedule
+# Optimizer, schedule, teacher mixing
 # ----------------------------------------------------------------------------------------------
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -319,6 +240,23 @@ def lr_lambda_for(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return lr_lambda
 
 
+def teacher_fraction(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Share of teacher-forced batches at this step: ``mix_teacher``, linearly to ``mix_teacher_end`` when set."""
+    if cfg.mix_teacher_end is None or total_steps <= 1:
+        return cfg.mix_teacher
+    p = min(max(step / (total_steps - 1), 0.0), 1.0)
+    return cfg.mix_teacher + (cfg.mix_teacher_end - cfg.mix_teacher) * p
+
+
+def is_teacher_step(cfg: TrainConfig, step: int, total_steps: int) -> bool:
+    """Whether ``step`` trains by teacher forcing (a pure function of the seed and the step)."""
+    frac = teacher_fraction(cfg, step, total_steps)
+    if frac <= 0.0 or frac >= 1.0:
+        return frac >= 1.0
+    gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, 1))
+    return bool(torch.rand((), generator=gen) < frac)
+
+
 # ----------------------------------------------------------------------------------------------
 # Logging and W&B
 # ----------------------------------------------------------------------------------------------
@@ -332,7 +270,7 @@ class _ColourFormatter(logging.Formatter):
         return f"{colour}{text}\033[0m" if colour else text
 
 
-def setup_logger(output_dir: Path, console: bool = True) -> logging.Logger:
+def setup_logger(output_dir: Path, console: bool = True, file: bool = True) -> logging.Logger:
     """Logger writing timestamped lines to ``logs/training.log`` and (coloured on a tty) to stderr."""
     logger = logging.getLogger(f"mathllm.train.{output_dir.resolve()}")
     logger.setLevel(logging.INFO)
@@ -340,11 +278,14 @@ def setup_logger(output_dir: Path, console: bool = True) -> logging.Logger:
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    (output_dir / "logs").mkdir(parents=True, exist_ok=True)
     fmt = "%(asctime)s %(levelname)s %(message)s"
-    file_handler = logging.FileHandler(output_dir / "logs" / "training.log")
-    file_handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
-    logger.addHandler(file_handler)
+    if file:
+        (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(output_dir / "logs" / "training.log")
+        file_handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(file_handler)
+    if not (file or console):
+        logger.addHandler(logging.NullHandler())
     if console:
         stream = logging.StreamHandler(sys.stderr)
         formatter_cls = _ColourFormatter if sys.stderr.isatty() else logging.Formatter
@@ -356,10 +297,11 @@ def setup_logger(output_dir: Path, console: bool = True) -> logging.Logger:
 class WandbLogger:
     """Logs to W&B when it can; never blocks. With no login, runs offline and warns once."""
 
-    def __init__(self, cfg: TrainConfig, output_dir: Path, logger: logging.Logger, resume_id: str | None):
+    def __init__(self, cfg: TrainConfig, output_dir: Path, logger: logging.Logger, resume_id: str | None,
+                 enabled: bool = True):
         self.run = None
         self.run_id = resume_id
-        if not cfg.wandb:
+        if not (cfg.wandb and enabled):
             return
         try:
             import wandb
@@ -406,57 +348,6 @@ def _netrc_has_wandb() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------
-
-def _torch_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def find_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (those whose trainer_state.json exists), oldest first."""
-    found = []
-    if output_dir.is_dir():
-        for p in output_dir.iterdir():
-            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file():
-                try:
-                    found.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
-                except ValueError:
-                    continue
-    return sorted(found)
-
-
-def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict[str, Any],
-                    keep: int, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``checkpoint-{step}/`` atomically: built in a temp directory, then renamed into place."""
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, metadata=metadata)
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
-    atomic_write_bytes(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
-    atomic_write_bytes(tmp / "rng_state.pt", _torch_bytes(rng))
-    if scaler is not None:
-        atomic_write_bytes(tmp / "scaler.pt", _torch_bytes(scaler.state_dict()))
-    atomic_write_json(tmp / TRAINER_STATE, state)  # written last: marks the checkpoint complete
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in find_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _load_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-# ----------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------
 
@@ -470,459 +361,397 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def _build_model(cfg: TrainConfig, device: torch.device):
-    from mathllm.model import MathTransformer, ModelConfig
-
+def build_model(cfg: TrainConfig, device: torch.device) -> MathTransformer:
+    """The preset named by ``cfg.model_size`` with the config's shape overrides, on ``device``."""
     overrides: dict[str, Any] = {"n_ctx": cfg.max_length}
     for name in ("positional", "n_layers", "d_model", "n_heads", "d_mlp"):
         if getattr(cfg, name) is not None:
             overrides[name] = getattr(cfg, name)
-    model_cfg = ModelConfig.from_preset(cfg.model_size, **overrides)
-    return MathTransformer(model_cfg).to(device)
+    return MathTransformer(ModelConfig.from_preset(cfg.model_size, **overrides)).to(device)
 
 
-class ModeRunner:
-    """The data and the training step of one run's mode (``cfg.mode``), plus teacher batches to mix in.
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose recorded settings differ from ``cfg`` (naming each difference).
 
-    Every choice it makes (which batch, teacher or not, how many trace tokens to drop, the Gumbel noise,
-    the temperature) is a pure function of the step and the seed, so a resumed run takes the same steps.
+    Mode settings are compared as the mode reads them (an omitted setting is its default; ``8`` is ``"8"``). A
+    record in the older flat layout holds the settings of every mode; only its own mode's are read.
     """
-
-    def __init__(self, cfg: TrainConfig, train_texts: list[str], val_texts: list[str], train_source: str = "data"):
-        from mathllm.modes import ModeSettings, gumbel_groups, mode_texts
-
-        self.cfg = cfg
-        self.settings = ModeSettings.from_config(cfg.to_dict())
-        self.mode = cfg.mode
-        mixing = cfg.mode != "teacher" and (cfg.mix_teacher > 0 or (cfg.mix_teacher_end or 0) > 0)
-        self.teacher_data = None
-        if cfg.mode in ("teacher", "internalize") or mixing:
-            self.teacher_data = LengthGroupedData.from_texts(train_texts, cfg.max_length, source=train_source,
-                                                             operand_balance=cfg.operand_balance)
-        if cfg.mode in ("teacher", "internalize"):
-            self.data = self.teacher_data
-        elif cfg.mode == "gumbel":
-            self.data = gumbel_groups(train_texts, self.settings, cfg.max_length, cfg.operand_balance, train_source)
-        else:  # answer-only, pause: a fixed rewrite of every line
-            self.data = LengthGroupedData.from_texts(mode_texts(train_texts, self.settings), cfg.max_length,
-                                                     source=train_source, operand_balance=cfg.operand_balance,
-                                                     ignore_target_ids=(PAUSE_ID,))
-        self.order = self.data.batch_order(cfg.batch_size, cfg.seed)
-        self.teacher_order = self.teacher_data.batch_order(cfg.batch_size, cfg.seed) if mixing else None
-        self.steps_per_epoch = self.order.steps_per_epoch
-        self.max_trace = 0
-        if cfg.mode == "internalize":
-            from mathllm.modes import trace_layout
-
-            self.max_trace = max(int(trace_layout(g)[1].max()) for g in self.data.groups.values())
-        self.val_texts = val_texts
-        self.val_data = None
-        if cfg.mode in ("teacher", "answer-only", "pause"):
-            self.val_data = LengthGroupedData.from_texts(mode_texts(val_texts, self.settings), cfg.max_length,
-                                                         ignore_target_ids=(PAUSE_ID,))
-        elif cfg.mode == "gumbel":
-            self.val_data = gumbel_groups(val_texts, self.settings, cfg.max_length)
-        self.total_steps = 0  # set by train()
-
-    # ---- per-step choices ----
-    def removed(self, step: int) -> int:
-        from mathllm.modes import internalize_removed
-
-        return internalize_removed(self.cfg, step, self.total_steps, self.max_trace)
-
-    def temperature(self, step: int) -> float:
-        from mathllm.modes import gumbel_temperature
-
-        return gumbel_temperature(self.cfg, step, self.total_steps)
-
-    def stage_changed(self, step: int) -> bool:
-        """Whether ``step`` removes more trace tokens than the step before (internalize)."""
-        return self.mode == "internalize" and step > 0 and self.removed(step) != self.removed(step - 1)
-
-    # ---- one step: forward and backward (gradients accumulate into .grad) ----
-    def step(self, model, step: int, device: torch.device, autocast: Callable[[], Any],
-             scale: float | None) -> tuple[torch.Tensor, int, dict[str, float]]:
-        """Returns (loss, tokens processed, extra metrics)."""
-        from mathllm.modes import is_teacher_step
-
-        def backward(loss: torch.Tensor) -> None:
-            (loss if scale is None else loss * scale).backward()
-
-        if self.teacher_order is not None and is_teacher_step(self.cfg, step, self.total_steps):
-            length, index = self.teacher_order[step]
-            ids = self.teacher_data.groups[length][index].to(device, non_blocking=True)
-            mask = self.teacher_data.loss_masks[length][index].to(device, non_blocking=True)
-            with autocast():
-                loss = completion_loss(model(ids[:, :-1]), ids, mask, self.cfg.prompt_loss_weight)
-            backward(loss)
-            return loss.detach(), ids.numel(), {"teacher_step": 1.0}
-        extra = {"teacher_step": 0.0} if self.teacher_order is not None else {}
-        key, index = self.order[step]
-        rows = self.data.groups[key][index].to(device, non_blocking=True)
-        if self.mode == "gumbel":
-            return self._gumbel_step(model, step, key, rows, device, autocast, scale, extra)
-        if self.mode == "internalize":
-            from mathllm.modes import remove_trace_tokens, smoothing_offsets
-
-            removed = self.removed(step) + smoothing_offsets(self.cfg, step, len(rows), self.max_trace)
-            ids, mask = remove_trace_tokens(rows, removed.to(device))
-            extra["removed_tokens"] = float(self.removed(step))
-        else:
-            ids, mask = rows, self.data.loss_masks[key][index].to(device, non_blocking=True)
-        with autocast():
-            loss = completion_loss(model(ids[:, :-1]), ids, mask, self.cfg.prompt_loss_weight)
-        backward(loss)
-        return loss.detach(), ids.numel(), extra
-
-    def _gumbel_step(self, model, step, key, rows, device, autocast, scale, extra):
-        from mathllm.modes import gumbel_backward_parallel, gumbel_loss_sequential, gumbel_noise, step_seed
-
-        cfg = self.cfg
-        P, K, A = key
-        prompt, answer = rows[:, :P], rows[:, P:]
-        alphabet = torch.tensor(self.settings.alphabet, device=device)
-        noise = gumbel_noise((len(rows), K, len(alphabet)), step_seed(cfg.seed, step, 3), device)
-        tau = self.temperature(step)
-        if cfg.gumbel_backward == "parallel":
-            out = gumbel_backward_parallel(model, prompt, answer, K, alphabet, noise, tau, cfg.entropy_weight,
-                                           cfg.gumbel_grad_depth, 1.0 if scale is None else scale, autocast,
-                                           cuda_graph=cfg.gumbel_cuda_graph)
-        else:
-            with autocast():
-                out = gumbel_loss_sequential(model, prompt, answer, K, alphabet, noise, tau, cfg.entropy_weight,
-                                             use_cache=cfg.gumbel_backward == "sequential")
-            (out.loss if scale is None else out.loss * scale).backward()
-        extra.update(temperature=tau, think_entropy=float(out.entropy), answer_loss=float(out.answer_loss))
-        return out.loss.detach(), len(rows) * (P + K + A + 1), extra
-
-    # ---- validation loss in the mode's own format ----
-    @torch.inference_mode()
-    def val_loss(self, model, step: int, device: torch.device, batch_size: int) -> float:
-        from mathllm.modes import gumbel_forward_parallel, mode_texts
-
-        data = self.val_data
-        if self.mode == "internalize":
-            data = LengthGroupedData.from_texts(mode_texts(self.val_texts, self.settings, self.removed(step)),
-                                                self.cfg.max_length)
-        total, count = 0.0, 0.0
-        for key, ids in data.groups.items():
-            for i in range(0, len(ids), batch_size):
-                batch = ids[i : i + batch_size].to(device)
-                if self.mode == "gumbel":
-                    P, K, A = key
-                    alphabet = torch.tensor(self.settings.alphabet, device=device)
-                    logits = gumbel_forward_parallel(model, batch[:, :P], batch[:, P:], K, alphabet, None)[0]
-                    n = batch[:, P:].numel()
-                    total += F.cross_entropy(logits.flatten(0, 1).float(), batch[:, P:].flatten(), reduction="sum").item()
-                    count += n
-                    continue
-                mask = data.loss_masks[key][i : i + batch_size].to(device)
-                logits = model(batch[:, :-1])
-                n = mask.sum().item()
-                total += completion_loss(logits, batch, mask).item() * n
-                count += n
-        return total / max(count, 1)
-
-
-def _mode_metadata(cfg: TrainConfig) -> dict[str, str]:
-    """Safetensors metadata naming the training mode, so a lone model.safetensors still says how to use it."""
-    from mathllm.modes import MODE_FIELDS
-
-    return {"mathllm_mode": json.dumps({k: getattr(cfg, k) for k in MODE_FIELDS})}
-
-
-def _warm_start(model, path: str, logger: logging.Logger) -> None:
-    from mathllm.model import MathTransformer
-
-    source = MathTransformer.from_pretrained(path, config=model.cfg)
-    model.load_state_dict(source.state_dict())
-    logger.info("warm start: weights from %s", path)
-
-
-def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    defaults = TrainConfig().to_dict()  # fields added since the checkpoint was written take their defaults
-    saved = {**defaults, **saved}
-    diffs = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
-             if k not in _RESUME_IGNORED_FIELDS and saved.get(k) != v}
+    saved = dict(saved)
+    name = mode_class("gumbel").name if saved.get("use_gumbel") else saved.get("mode") or cfg.mode
+    try:
+        own = set(mode_class(name).setting_names())
+        others = {s for cls in available_modes().values() for s in cls.setting_names()} - own
+        saved_cfg = TrainConfig.from_dict({**TrainConfig(mode=cfg.mode).to_dict(),
+                                           **{k: v for k, v in saved.items() if k not in others}})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cannot resume in {cfg.output_dir}: its recorded settings do not read as a TrainConfig "
+                         f"({err}). Use another --output-dir, or --overwrite.") from None
+    ignored_settings = cfg.training_mode().resume_ignored
+    saved, now = saved_cfg.to_dict(), cfg.to_dict()
+    for d, c in ((saved, saved_cfg), (now, cfg)):
+        d["mode_settings"] = {k: v for k, v in c.training_mode().to_dict().items()
+                              if k != "mode" and k not in ignored_settings}
+    diffs = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUME_IGNORED_FIELDS and saved.get(k) != v}
     if diffs:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
-        raise ValueError(
-            f"cannot resume in {cfg.output_dir}: the existing run used different settings ({lines}). "
-            "Use the same settings, another --output-dir, or --overwrite."
-        )
+        raise ValueError(f"cannot resume in {cfg.output_dir}: the existing run used different settings ({lines}). "
+                         "Use the same settings, another --output-dir, or --overwrite.")
 
 
-def train(
-    cfg: TrainConfig,
-    on_log: Callable[[dict[str, Any]], None] | None = None,
-    overwrite: bool = False,
-    console_log: bool = True,
-) -> TrainResult:
-    """Train (or resume) a model as described by ``cfg``; return the history and test results.
+class Trainer:
+    """One run: ``fit()`` loops ``training_step`` (and ``validation_step`` every ``eval_steps``).
 
-    ``on_log`` is called with every metrics dict (training logs and evaluations), e.g. to draw live
-    curves in a notebook.
+    ``on_log`` is called with every metrics dict (training logs and evaluations), e.g. to draw live curves in a
+    notebook. Under ``torchrun`` each process trains on its share of every global batch (``mathllm.distributed``)
+    and only rank 0 writes.
     """
-    output_dir = Path(cfg.output_dir)
-    if overwrite and output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    logger = setup_logger(output_dir, console=console_log)
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
 
-    # --- data -------------------------------------------------------------------------------
-    val_texts = load_training_texts(cfg.data_dir, "val")
-    runner = ModeRunner(cfg, load_training_texts(cfg.data_dir, "train"), val_texts,
-                        train_source=str(Path(cfg.data_dir) / "train.jsonl"))
-    train_data = runner.data
-    steps_per_epoch = runner.steps_per_epoch
-    total_steps = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.num_epochs
-    if total_steps <= 0:
-        raise ValueError(f"nothing to train: {total_steps} steps (check --max-steps / --num-epochs)")
-    runner.total_steps = total_steps
+    def __init__(self, cfg: TrainConfig, on_log: Optional[Callable[[dict[str, Any]], None]] = None,
+                 console_log: bool = True):
+        self.cfg, self.on_log, self.console_log = cfg, on_log, console_log
+        self.mode = cfg.training_mode()
+        self.output_dir = Path(cfg.output_dir)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.dist = Distributed()
 
-    # --- model, optimizer, schedule, precision --------------------------------------------------
-    seed_everything(cfg.seed)
-    model = _build_model(cfg, device)
-    if cfg.init_from:
-        _warm_start(model, cfg.init_from, logger)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_for(cfg, total_steps))
-    autocast_dtype, scaler = None, None
-    if cfg.fp16:
-        if device.type == "cuda":
-            autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            if autocast_dtype == torch.float16:
-                scaler = torch.amp.GradScaler("cuda")
+    # ---- one optimizer step ---------------------------------------------------------------------
+    def training_step(self) -> StepOutput:
+        """Forward, backward and update on the batch of ``self.step``; the mode decides what that means."""
+        step = self.step
+        if self.mode.stage_changed(step):
+            self.optimizer.state.clear()  # e.g. internalize: fresh AdamW moments at every removal stage
+        self.optimizer.zero_grad(set_to_none=True)
+        teacher = self.teacher_order is not None and is_teacher_step(self.cfg, step, self.total_steps)
+        mode, data, order = (self.teacher, self.teacher_data, self.teacher_order) if teacher else \
+            (self.mode, self.data, self.order)
+        key, index = order[step]
+        ctx = StepContext(step, self.autocast, self.scaler.get_scale() if self.scaler is not None else None)
+        idle = False
+        if self.dist.enabled:  # this process's rows of the global batch; means over every process's tokens
+            ctx.global_batch = len(index)
+            share, ctx.rows = self.dist.split(index)
+            ctx.normalize = self.dist.normalizer()
+            if not len(share):  # a global batch smaller than the job: take part with a row that counts for nothing
+                idle, share, ctx.rows = True, index[:1], slice(0, 1)
+                ctx.normalize = _counting_nothing(ctx.normalize)
+                ctx.loss_scale = 0.0
+            index = share
+        out = mode.training_step(self.train_model, mode.batch(data, key, index, self.device), ctx)
+        if idle:
+            out = StepOutput(torch.zeros((), device=self.device), 0, out.metrics)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        out.metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
-            logger.warning("--fp16 asks for mixed precision, which needs CUDA; training in fp32 on %s", device)
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.teacher_order is not None:
+            out.metrics["teacher_step"] = float(teacher)
+        self.step += 1
+        return out
 
-    # --- resume -------------------------------------------------------------------------------
-    step, wandb_id = 0, None
-    history: list[dict[str, Any]] = []
-    final_state_path = output_dir / TRAINER_STATE
-    finished_state = json.loads(final_state_path.read_text()) if final_state_path.is_file() else {}
-    if finished_state.get("finished"):
-        state = finished_state
-        _check_resumable(state["config"], cfg)
-        logger.info("%s already holds a finished run (%d steps); use --overwrite to train again",
-                    output_dir, state["step"])
-        results = json.loads((output_dir / "test_results.json").read_text()) if (output_dir / "test_results.json").is_file() else None
-        return TrainResult(output_dir, state["step"], read_metrics(output_dir), results)
-    checkpoints = find_checkpoints(output_dir)
-    if checkpoints:
-        ckpt_step, ckpt = checkpoints[-1]
-        state = json.loads((ckpt / TRAINER_STATE).read_text())
-        _check_resumable(state["config"], cfg)
-        from mathllm.model import MathTransformer
-
-        loaded = MathTransformer.from_pretrained(ckpt)
-        model.load_state_dict(loaded.state_dict())
-        optimizer.load_state_dict(_load_torch(ckpt / "optimizer.pt"))
-        scheduler.load_state_dict(_load_torch(ckpt / "scheduler.pt"))
-        rng = _load_torch(ckpt / "rng_state.pt")
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if scaler is not None and (ckpt / "scaler.pt").is_file():
-            scaler.load_state_dict(_load_torch(ckpt / "scaler.pt"))
-        step, wandb_id = ckpt_step, state.get("wandb_id")
-        history = [m for m in read_metrics(output_dir) if m["step"] <= step]
-        _write_metrics(output_dir, history)  # drop lines logged after the checkpoint we resume from
-        logger.info("resuming from %s (step %d of %d)", ckpt, step, total_steps)
-    else:
-        _write_metrics(output_dir, [])
-
-    n_params = sum(p.numel() for p in model.parameters())
-    data_meta_path = Path(cfg.data_dir) / "meta.json"
-    run_record = {
-        "config": cfg.to_dict(),
-        "model_config": model.cfg.to_dict(),
-        "num_parameters": n_params,
-        "seed": cfg.seed,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "autocast_dtype": str(autocast_dtype) if autocast_dtype else None,
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "train_examples": train_data.num_examples,
-        "train_tokens_per_epoch": train_data.num_tokens(),
-        "data_meta": json.loads(data_meta_path.read_text()) if data_meta_path.is_file() else None,
-        "code_version": code_version(),
-    }
-    atomic_write_json(output_dir / "training_config.json", run_record)
-    model.training_meta = run_record  # generation and evaluation read the mode from it
-    metadata = _mode_metadata(cfg)
-    logger.info("model %s: %s parameters, %s; %d train examples, %d steps (%d per epoch), device %s, mode %s",
-                cfg.model_size, f"{n_params:,}", model.cfg.positional, train_data.num_examples,
-                total_steps, steps_per_epoch, device, cfg.mode)
-    if cfg.num_workers:
-        logger.info("--num-workers %d: not needed, the data is pre-tokenized in memory", cfg.num_workers)
-    wandb_logger = WandbLogger(cfg, output_dir, logger, wandb_id)
-
-    def emit(metrics: dict[str, Any]) -> None:
-        history.append(metrics)
-        _append_metrics(output_dir, metrics)
-        wandb_logger.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
-        if on_log is not None:
-            on_log(metrics)
-
-    def checkpoint_state(finished: bool = False) -> dict[str, Any]:
-        return {"step": step, "epoch": step // steps_per_epoch, "config": cfg.to_dict(),
-                "wandb_id": wandb_logger.run_id, "finished": finished, "code_version": code_version()}
-
-    # --- Ctrl-C / SIGTERM: finish the current step, save, exit -----------------------------------
-    stop_requested = {"flag": False}
-
-    def request_stop(signum, frame):  # noqa: ARG001
-        if stop_requested["flag"]:
-            raise KeyboardInterrupt
-        stop_requested["flag"] = True
-
-    old_handlers = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    @torch.inference_mode()
+    def validation_step(self) -> dict[str, Any]:
+        """Loss on the whole val split in the mode's format + greedy exact match on a fixed subset, generated the
+        way the mode is used."""
+        self.model.eval()
         try:
-            old_handlers[sig] = signal.signal(sig, request_stop)
-        except ValueError:  # not in the main thread
-            pass
+            loss_texts = self.val_texts[: self.cfg.eval_loss_examples]
+            val_loss = self.mode.validation_loss(self.model, loss_texts, self.step, self.cfg.eval_batch_size)
+            subset = self.val_texts[: self.cfg.eval_examples]
+            exact = exact_match_texts(self.model, subset, mode=self.mode, batch_size=self.cfg.eval_batch_size)
+        finally:
+            self.model.train()
+        return {"val_loss": val_loss, "val_exact_match": exact, "val_examples_decoded": len(subset)}
 
-    # --- loop -----------------------------------------------------------------------------------
-    model.train()
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    window_extra: dict[str, list[float]] = {}
-    window_paused = 0.0  # validation and checkpoint time inside the window (not training)
+    # ---- the run --------------------------------------------------------------------------------
+    def fit(self, overwrite: bool = False) -> TrainResult:
+        """Train (or resume, or report the finished run); return the history and test results."""
+        self.dist = Distributed.from_env()
+        main = self.dist.is_main
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"--output-dir {self.output_dir} is a file, not a directory")
+        if overwrite and main:
+            remove_run(self.output_dir)
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
+        self.log = setup_logger(self.output_dir, console=self.console_log and main, file=main)
+        if main:
+            for what in clean_leftovers(self.output_dir):
+                self.log.info("%s (left by an interrupted run)", what)
+        self.dist.barrier()
+        finished = self._finished_run()
+        if finished is not None:
+            return finished
+        self._prepare()
+        self._resume_or_start()
+        if main:
+            self._write_record()
+        return self._loop()
 
-    def autocast():
-        return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    def _finished_run(self) -> Optional[TrainResult]:
+        path = self.output_dir / TRAINER_STATE
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        if not state.get("finished"):
+            return None
+        check_resumable(state["config"], self.cfg)
+        self.log.info("%s already holds a finished run (%d steps); use --overwrite to train again", self.output_dir,
+                      state["step"])
+        results_path = self.output_dir / "test_results.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else None
+        return TrainResult(self.output_dir, state["step"], read_metrics(self.output_dir, self.log), results)
 
-    train_start = time.perf_counter()
-    interrupted = False
-    in_step = False  # a hard interrupt inside a step leaves optimizer state half-updated: don't save it
-    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
-    try:
-        while step < total_steps:
-            in_step = True
-            if cfg.internalize_reset_optimizer and runner.stage_changed(step):
-                optimizer.state.clear()  # Deng et al.: fresh AdamW moments at every removal stage
-            optimizer.zero_grad(set_to_none=True)
-            loss, n_tokens, extra = runner.step(model, step, device, autocast,
-                                                scaler.get_scale() if scaler is not None else None)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
+    def _prepare(self) -> None:
+        """Data, model, optimizer, schedule, precision."""
+        cfg = self.cfg
+        self.device = self.dist.device(resolve_device(cfg.device))
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        train_texts = load_training_texts(cfg.data_dir, "train")
+        self.val_texts = load_training_texts(cfg.data_dir, "val")
+        source = str(Path(cfg.data_dir) / "train.jsonl")
+        global_batch = cfg.batch_size * self.dist.world_size  # --batch-size is per process
+        self.data = self.mode.training_data(train_texts, cfg, source)
+        self.order = self.data.batch_order(global_batch, cfg.seed)
+        self.steps_per_epoch = self.order.steps_per_epoch
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else self.steps_per_epoch * cfg.num_epochs
+        self.teacher, self.teacher_data, self.teacher_order = TrainingMode(), None, None
+        if cfg.mixes_teacher:  # teacher-forced batches of the raw lines, for the mixed-in steps
+            self.teacher_data = self.teacher.training_data(train_texts, cfg, source)
+            self.teacher_order = self.teacher_data.batch_order(global_batch, cfg.seed)
+        self.mode.setup(cfg, self.data, self.total_steps)
+        self.teacher.setup(cfg, self.teacher_data, self.total_steps)
+
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, self.device)
+        if cfg.init_from:
+            source_model = load_model(cfg.init_from, config=self.model.cfg)
+            self.model.load_state_dict(source_model.state_dict())
+            self.log.info("warm start: weights from %s", cfg.init_from)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda_for(cfg, self.total_steps))
+        self.autocast_dtype, self.scaler = None, None
+        if cfg.fp16:
+            if self.device.type == "cuda":
+                self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                if self.autocast_dtype == torch.float16:
+                    self.scaler = torch.amp.GradScaler("cuda")
             else:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            in_step = False
-            progress.update(1)
-            window_loss += loss.item()
-            window_tokens += n_tokens
-            for k, v in extra.items():
-                window_extra.setdefault(k, []).append(v)
+                self.log.warning("--fp16 asks for mixed precision, which needs CUDA; training in fp32 on %s",
+                                 self.device)
+        if self.dist.enabled:
+            self.log.info("data parallel: %d processes (world size %d), %d examples per process, global batch %d",
+                          self.dist.world_size, self.dist.world_size, cfg.batch_size, global_batch)
 
-            if step % cfg.logging_steps == 0 or step == total_steps:
-                seconds = max(time.perf_counter() - window_start - window_paused, 1e-9)
-                n = (step - 1) % cfg.logging_steps + 1
-                metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": window_loss / n,
-                           "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                           "tokens_per_s": window_tokens / max(seconds, 1e-9), "step_seconds": seconds / n,
-                           "elapsed_s": time.perf_counter() - train_start}
-                metrics.update({k: sum(v) / len(v) for k, v in window_extra.items()})
-                window_extra = {}
-                emit(metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
-                logger.info("step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tok/s", step, total_steps,
-                            metrics["epoch"], metrics["loss"], metrics["lr"], metrics["tokens_per_s"])
-                window_loss, window_tokens, window_start, window_paused = 0.0, 0, time.perf_counter(), 0.0
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
-            pause_start = time.perf_counter()
-            if step % cfg.eval_steps == 0 or step == total_steps:
-                val = validate(model, runner, val_texts, cfg, device, step)
-                model.train()
-                emit({"step": step, **val})
-                logger.info("eval step %d: val_loss %.4f val_exact_match %.4f (%d examples)", step,
-                            val["val_loss"], val["val_exact_match"], val["val_examples_decoded"])
+    def _resume_or_start(self) -> None:
+        self.wandb_id = None
+        resume = newest_readable_checkpoint(self.output_dir, self.log)
+        if resume is not None:
+            check_resumable(resume.trainer_state["config"], self.cfg)
+            restore(resume, self.model, self.optimizer, self.scheduler, self.scaler)
+            self.step, self.wandb_id = resume.step, resume.trainer_state.get("wandb_id")
+            self.history = [m for m in read_metrics(self.output_dir, self.log) if m["step"] <= self.step]
+            self.log.info("resuming from %s (step %d of %d)", resume.path, self.step, self.total_steps)
+        if self.dist.is_main:  # drop lines logged after the checkpoint we resume from
+            write_metrics(self.output_dir, self.history)
+        # every process after rank 0's writes; wrapped only now, so that DDP starts from the restored weights
+        self.dist.barrier()
+        self.train_model = self.dist.wrap(self.model)
 
-            if step % cfg.save_steps == 0 and step < total_steps:
-                save_checkpoint(output_dir, step, model, optimizer, scheduler, scaler, checkpoint_state(),
-                                cfg.save_total_limit, metadata)
-            window_paused += time.perf_counter() - pause_start
-            if stop_requested["flag"]:
+    def _write_record(self) -> None:
+        cfg = self.cfg
+        n_params = sum(p.numel() for p in self.model.parameters())
+        meta_path = Path(cfg.data_dir) / "meta.json"
+        record = {
+            "config": cfg.to_dict(), "mode": self.mode.to_dict(), "model_config": self.model.cfg.to_dict(),
+            "num_parameters": n_params, "seed": cfg.seed, "device": str(self.device),
+            "torch_threads": torch.get_num_threads(), "world_size": self.dist.world_size,
+            "global_batch_size": cfg.batch_size * self.dist.world_size,
+            "autocast_dtype": str(self.autocast_dtype) if self.autocast_dtype else None,
+            "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+            "train_examples": self.data.num_examples, "train_tokens_per_epoch": self.data.num_tokens(),
+            "data_meta": json.loads(meta_path.read_text()) if meta_path.is_file() else None,
+            "code_version": code_version(),
+        }
+        atomic_write_json(self.output_dir / "training_config.json", record)
+        self.log.info("model %s: %s parameters, %s; %d train examples, %d steps (%d per epoch), device %s, mode %s",
+                      cfg.model_size, f"{n_params:,}", self.model.cfg.positional, self.data.num_examples,
+                      self.total_steps, self.steps_per_epoch, self.device, self.mode.name)
+        if cfg.num_workers:
+            self.log.info("--num-workers %d: not needed, the data is pre-tokenized in memory", cfg.num_workers)
+
+    def _emit(self, metrics: dict[str, Any]) -> None:
+        self.history.append(metrics)
+        if self.dist.is_main:
+            append_metrics(self.output_dir, metrics)
+            self.wandb.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+        if self.on_log is not None:
+            self.on_log(metrics)
+
+    def _state(self, finished: bool = False) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.step // self.steps_per_epoch, "config": self.cfg.to_dict(),
+                "wandb_id": self.wandb.run_id, "finished": finished, "code_version": code_version()}
+
+    def _save(self) -> Optional[Path]:
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, self.scheduler,
+                                   self.scaler, self._state(), self.cfg.save_total_limit, mode_metadata(self.mode))
+        self.dist.barrier()
+        return path
+
+    def _stop_requested(self, local: bool) -> bool:
+        """Whether any process was asked to stop (all of them stop at the same step)."""
+        if not self.dist.enabled:
+            return local
+        return bool(self.dist.sum(torch.tensor(float(local), device=self.device)).item() > 0)
+
+    def _loop(self) -> TrainResult:
+        cfg = self.cfg
+        main = self.dist.is_main
+        self.wandb = WandbLogger(cfg, self.output_dir, self.log, self.wandb_id, enabled=main)
+        stop = {"requested": False}
+
+        def request_stop(signum, frame):  # noqa: ARG001 - Ctrl-C / SIGTERM: finish the step, save, exit
+            if stop["requested"]:
                 raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        interrupted = True
-        if in_step:
-            logger.warning("hard interrupt inside step %d: not saving a half-updated state; run the same "
-                           "command again to resume from the newest checkpoint", step + 1)
-        else:
-            path = save_checkpoint(output_dir, step, model, optimizer, scheduler, scaler, checkpoint_state(),
-                                   cfg.save_total_limit, metadata)
-            logger.warning("interrupted at step %d: saved %s; run the same command again to resume", step, path)
-    finally:
-        progress.close()
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-    train_seconds = time.perf_counter() - train_start
-    if interrupted:
-        wandb_logger.finish()
-        return TrainResult(output_dir, step, history, None, interrupted=True, train_seconds=train_seconds)
+            stop["requested"] = True
 
-    # --- final model, test evaluation -----------------------------------------------------------------
-    model.save_pretrained(output_dir, metadata=metadata)
-    test_results = None
-    if cfg.evaluate_test:
-        from mathllm.evaluate import evaluate_checkpoint_on_split
+        old_handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not in the main thread
+                pass
+        self.model.train()
+        window = _Window()
+        start = time.perf_counter()
+        interrupted = in_step = False
+        progress = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (cfg.progress and main),
+                        dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                in_step = True  # a hard interrupt inside a step leaves the optimizer half-updated: don't save it
+                out = self.training_step()
+                in_step = False
+                progress.update(1)
+                window.add(out)
+                if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
+                    metrics = window.metrics(self.step, self.steps_per_epoch, self.scheduler.get_last_lr()[0],
+                                             time.perf_counter() - start, self.dist)
+                    self._emit(metrics)
+                    progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+                    self.log.info("step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tok/s", self.step, self.total_steps,
+                                  metrics["epoch"], metrics["loss"], metrics["lr"], metrics["tokens_per_s"])
+                    window = _Window()
+                pause = time.perf_counter()
+                if self.step % cfg.eval_steps == 0 or self.step == self.total_steps:
+                    if main:
+                        val = self.validation_step()
+                        self._emit({"step": self.step, **val})
+                        self.log.info("eval step %d: val_loss %.4f val_exact_match %.4f (%d examples)", self.step,
+                                      val["val_loss"], val["val_exact_match"], val["val_examples_decoded"])
+                    self.dist.barrier()
+                if self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                    self._save()
+                window.paused += time.perf_counter() - pause
+                if self._stop_requested(stop["requested"]):
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            interrupted = True
+            if in_step:
+                self.log.warning("hard interrupt inside step %d: not saving a half-updated state; run the same "
+                                 "command again to resume from the newest checkpoint", self.step + 1)
+            else:
+                path = self._save()
+                self.log.warning("interrupted at step %d: saved %s; run the same command again to resume", self.step,
+                                 path)
+        finally:
+            progress.close()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        train_seconds = time.perf_counter() - start
+        if interrupted:
+            self.wandb.finish()
+            return TrainResult(self.output_dir, self.step, self.history, None, interrupted=True,
+                               train_seconds=train_seconds)
+        return self._finish(train_seconds)
 
-        test_results = evaluate_checkpoint_on_split(model, Path(cfg.data_dir) / "test.jsonl",
-                                                    batch_size=cfg.eval_batch_size, device=device)
-        test_results["train_seconds_this_session"] = train_seconds
-        test_results["mode"] = cfg.mode
-        atomic_write_json(output_dir / "test_results.json", test_results)
-        logger.info("test exact match %.4f on %d examples", test_results["exact_match"], test_results["num_examples"])
-        wandb_logger.log({f"test/{k}": v for k, v in test_results.items() if isinstance(v, (int, float))}, step)
-    atomic_write_json(output_dir / TRAINER_STATE, checkpoint_state(finished=True))
-    wandb_logger.finish()
-    logger.info("done: %s", output_dir / "model.safetensors")
-    return TrainResult(output_dir, step, history, test_results, train_seconds=train_seconds)
+    def _finish(self, train_seconds: float) -> TrainResult:
+        """The final model, its test evaluation, and the finished marker (rank 0; the others wait)."""
+        cfg = self.cfg
+        results = None
+        if self.dist.is_main:
+            save_model(self.model, self.output_dir, metadata=mode_metadata(self.mode))
+            if cfg.evaluate_test:
+                results = evaluate_split(self.model, Path(cfg.data_dir) / "test.jsonl", mode=self.mode,
+                                         batch_size=cfg.eval_batch_size)
+                results["train_seconds_this_session"] = train_seconds
+                results["world_size"] = self.dist.world_size
+                atomic_write_json(self.output_dir / "test_results.json", results)
+                self.log.info("test exact match %.4f on %d examples", results["exact_match"], results["num_examples"])
+                self.wandb.log({f"test/{k}": v for k, v in results.items() if isinstance(v, (int, float))}, self.step)
+            atomic_write_json(self.output_dir / TRAINER_STATE, self._state(finished=True))
+            self.log.info("done: %s", self.output_dir / "model.safetensors")
+        self.wandb.finish()
+        self.dist.barrier()
+        return TrainResult(self.output_dir, self.step, self.history, results, train_seconds=train_seconds)
 
 
-@torch.inference_mode()
-def validate(model, runner: ModeRunner, val_texts: list[str], cfg: TrainConfig,
-             device: torch.device, step: int = 0) -> dict[str, Any]:
-    """Teacher-forced loss on the whole val split in the mode's format (internalize: at this step's stage;
-    gumbel: the answer loss after the model's greedy think tokens) + greedy exact match on a fixed subset,
-    generated the way the mode is used (``mathllm.modes.generate_for_mode``)."""
-    from mathllm.evaluate import exact_match_texts
+@dataclass
+class _Window:
+    """Training metrics accumulated between two log lines."""
 
-    model.eval()
-    val_loss = runner.val_loss(model, step, device, cfg.eval_batch_size)
-    subset = val_texts[: cfg.eval_examples]
-    exact = exact_match_texts(model, subset, batch_size=cfg.eval_batch_size)
-    return {"val_loss": val_loss, "val_exact_match": exact, "val_examples_decoded": len(subset)}
+    loss: float = 0.0
+    tokens: int = 0
+    steps: int = 0
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # floats; grad_norm as tensors (no sync per step)
+    started: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0  # validation and checkpoint time inside the window (not training)
+
+    def add(self, out: StepOutput) -> None:
+        self.loss += out.loss.item()
+        self.tokens += out.tokens
+        self.steps += 1
+        for k, v in out.metrics.items():
+            self.extra.setdefault(k, []).append(v)
+
+    def metrics(self, step: int, steps_per_epoch: int, lr: float, elapsed: float,
+                dist: Optional[Distributed] = None) -> dict[str, Any]:
+        """The window's averages; under data parallelism the loss is the global mean and tokens/s the job's."""
+        seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
+        n = max(self.steps, 1)
+        loss, tokens = self.loss, self.tokens
+        if dist is not None and dist.enabled:
+            totals = dist.sum(torch.tensor([loss, float(tokens)], dtype=torch.float64))
+            loss, tokens = float(totals[0]) / dist.world_size, int(totals[1])
+        out = {"step": step, "epoch": step / steps_per_epoch, "loss": loss / n, "lr": lr,
+               "tokens_per_s": tokens / seconds, "step_seconds": seconds / n, "elapsed_s": elapsed}
+        out.update({k: float(v[-1]) if k == "grad_norm" else float(sum(v)) / len(v) for k, v in self.extra.items()})
+        return out
 
 
-def _metrics_path(output_dir: Path) -> Path:
-    return output_dir / "logs" / "metrics.jsonl"
+def _counting_nothing(normalize):
+    """A normalizer that adds no tokens of this process to the global count (but still takes part in it)."""
+    return lambda count: normalize(count * 0)
 
 
-def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every logged step and evaluation of a run, in order (``logs/metrics.jsonl``)."""
-    path = _metrics_path(Path(output_dir))
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def train(cfg: TrainConfig, on_log: Optional[Callable[[dict[str, Any]], None]] = None, overwrite: bool = False,
+          console_log: bool = True) -> TrainResult:
+    """Train (or resume) a model as described by ``cfg``: ``Trainer(cfg, on_log, console_log).fit(overwrite)``."""
+    return Trainer(cfg, on_log, console_log).fit(overwrite)
 
 
-def _write_metrics(output_dir: Path, metrics: list[dict[str, Any]]) -> None:
-    atomic_write_bytes(_metrics_path(output_dir), "".join(json.dumps(m) + "\n" for m in metrics).encode())
-
-
-def _append_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
-    with open(_metrics_path(output_dir), "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+__all__ = ["RESUME_IGNORED_FIELDS", "TrainConfig", "TrainResult", "Trainer", "build_model", "check_resumable",
+           "config_from_file", "is_teacher_step", "load_training_texts", "lr_lambda_for", "make_optimizer",
+           "read_config_file", "setup_logger", "teacher_fraction", "train"]

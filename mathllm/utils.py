@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -43,22 +44,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def source_hash() -> str:
+    """SHA-256 over the package's own sources (``mathllm/**/*.py``, paths and contents, in a fixed order): which
+    code ran, even without git or with uncommitted changes."""
+    digest = hashlib.sha256()
+    package = Path(mathllm.__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def code_version() -> dict[str, Any]:
-    """Package version plus the git commit (and whether the tree had uncommitted changes)."""
-    info: dict[str, Any] = {"mathllm": mathllm.__version__}
+    """Package version, a hash of its sources, and the git commit with whether the work tree differed from it
+    (uncommitted changes or untracked files)."""
+    info: dict[str, Any] = {"mathllm": mathllm.__version__, "source_sha256": source_hash()}
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
-        )
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
         if commit.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=REPO_ROOT, capture_output=True, text=True, timeout=5,
-            )
-            info["git_dirty"] = bool(dirty.stdout.strip())
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=5)
+            info["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
     return info

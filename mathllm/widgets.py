@@ -1,7 +1,6 @@
 """ipywidgets for the notebooks: the arithmetic playground.
 
-    >>> # from mathllm.widgets import Playground
-    >>> # Playground(model).show()      # type 658+189= and press Enter or Run
+    Playground(load("checkpoints/add3_cot")).show()      # type 658+189= and press Enter or Run
 
 The widgets carry stable CSS classes (``mathllm-expression``, ``mathllm-run``, ``mathllm-result``,
 ``mathllm-error``) so the browser test (tests/browser) can find them.
@@ -14,13 +13,13 @@ import html
 import io
 
 import ipywidgets as widgets
+import matplotlib.pyplot as plt
 
 from mathllm.playground import ExpressionError, PlaygroundResult, run_expression
+from mathllm.plots import plot_token_probabilities
 
 
 def _figure_to_img_tag(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -32,10 +31,8 @@ def result_html(result: PlaygroundResult) -> str:
     """The trace, the answer and a right/wrong mark as HTML (also used by tests)."""
     esc = html.escape
     rows = [f"<div><b>model:</b> <code>{esc(result.full_text)}</code></div>"]
-    if result.mode != "teacher":
-        rows.append(f"<div style='color:#57606a'>trained in <b>{esc(result.mode)}</b> mode"
-                    + (": the think tokens are the model's own, never supervised" if result.mode == "gumbel" else "")
-                    + "</div>")
+    if result.mode_note:
+        rows.append(f"<div style='color:#57606a'>trained in <b>{esc(result.mode)}</b> mode: {esc(result.mode_note)}</div>")
     if result.think_steps:
         steps = "".join(f"<li><code>{esc(s)}</code></li>" for s in result.think_steps)
         rows.append(f"<div><b>chain of thought:</b><ol style='margin:0'>{steps}</ol></div>")
@@ -56,7 +53,7 @@ class Playground:
     """Type an expression, see the model's chain of thought, its answer, and each token's probability."""
 
     def __init__(self, model, temperature: float = 0.0, example: str = "658+189="):
-        self.model = model
+        self.model = model  # a TrainedModel (mathllm.checkpoints.load), or a bare model used by teacher forcing
         self.last_result: PlaygroundResult | None = None
         self.expression = widgets.Text(value="", placeholder=f"e.g. {example}", description="Expression:",
                                        continuous_update=False, layout=widgets.Layout(width="320px"))
@@ -85,8 +82,6 @@ class Playground:
 
     def run(self, text: str | None = None) -> PlaygroundResult | None:
         """Run the model on ``text`` (default: the text box) and update the widgets."""
-        from mathllm.plots import plot_token_probabilities
-
         text = self.expression.value if text is None else text
         try:
             res = run_expression(self.model, text, temperature=self.temperature.value)

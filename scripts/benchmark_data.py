@@ -18,11 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from mathllm.cli import run_cli  # noqa: E402
-from mathllm.data import FORMATS, generate_dataset, write_dataset  # noqa: E402
+from mathllm.cli import run_cli
+from mathllm.data import FORMATS, generate_dataset, write_dataset
+from mathllm.utils import REPO_ROOT as ROOT
 
 
 def time_once(args, output_dir: Path) -> dict:

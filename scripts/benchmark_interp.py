@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from mathllm.interp.positions import sample_problems  # noqa: E402
-from mathllm.interp.probes import cache_activations, fit_probes  # noqa: E402
-from mathllm.model import PRESETS, MathTransformer  # noqa: E402
+from mathllm.checkpoints import load
+from mathllm.interp.positions import sample_problems
+from mathllm.interp.probes import cache_activations, fit_probes
+from mathllm.model import PRESETS, MathTransformer
 
 GOAL_SECONDS = 60.0
 
@@ -51,9 +47,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint:
-        from mathllm.evaluate import load_model
-
-        model = load_model(args.checkpoint, device="cpu")
+        model = load(args.checkpoint, device="cpu").model
         what = f"checkpoint {args.checkpoint}"
     else:
         torch.manual_seed(args.seed)

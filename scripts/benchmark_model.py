@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mathllm.generate import generate  # noqa: E402
-from mathllm.model import PRESETS, MathTransformer, ModelConfig  # noqa: E402
-from mathllm.tokenizer import TOKENIZER, VOCAB_SIZE  # noqa: E402
+from mathllm.data import format_example, format_prompt
+from mathllm.generate import generate
+from mathllm.model import PRESETS, MathTransformer, ModelConfig
+from mathllm.tokenizer import TOKENIZER, VOCAB_SIZE
 
 
 def matmul_flops(n: int = 2048, seconds: float = 1.0) -> float:
@@ -84,8 +81,6 @@ def time_steps(step, steps: int) -> float:
 
 def problems_2digit(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """Prompts like "12+34=" and their chain-of-thought completions, rendered by mathllm.data."""
-    from mathllm.data import format_example, format_prompt
-
     rng = random.Random(seed)
     prompts, completions = [], []
     for _ in range(n):

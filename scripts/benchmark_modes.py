@@ -8,7 +8,8 @@
 A step is what the trainer does: zero the gradients, forward + backward (for gumbel: sampling the think tokens
 too), clip the gradient norm, a fused AdamW update. Every mode gets the same B problems, all of one layout
 (same prompt, trace and answer lengths, so no mode pays for padding), the same model and optimizer settings.
-The think budget K defaults to the human trace's length of that layout (``--think-tokens``).
+The think budget K defaults to the human trace's length of that layout (``--think-tokens``): all the problems
+have that layout, so this equals the longest trace of the shape for timing purposes.
 
 Rows: teacher (the human trace), answer-only, pause (K pauses), internalize (half the trace removed), and
 gumbel in four implementations of the same straight-through estimator:
@@ -42,20 +43,26 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mathllm.batches import LengthGroupedData, completion_loss
+from mathllm.data import generate_dataset
+from mathllm.model import MathTransformer, ModelConfig
+from mathllm.modes import get_mode
+from mathllm.modes.gumbel import gumbel_backward_parallel, gumbel_loss_sequential, gumbel_noise
+from mathllm.modes.internalize import remove_trace_tokens
+from mathllm.modes.thinking import THINK_ALPHABETS
+from mathllm.text import split_text
+from mathllm.tokenizer import PAUSE_ID, TOKENIZER
+from mathllm.utils import resolve_device
 
-from mathllm.model import MathTransformer, ModelConfig  # noqa: E402
-from mathllm.modes import (THINK_ALPHABETS, ModeSettings, gumbel_backward_parallel, gumbel_loss_sequential,  # noqa: E402
-                           gumbel_noise, mode_texts, remove_trace_tokens, split_text)
-from mathllm.tokenizer import PAUSE_ID, TOKENIZER  # noqa: E402
-from mathllm.train import LengthGroupedData, completion_loss  # noqa: E402
+BASELINE = "teacher"  # the row every other row is divided by
 
 
 def pick_batch(texts: list[str], batch_size: int) -> list[str]:
     """``batch_size`` lines of the most common (prompt, trace, answer) layout with a think block."""
     def layout(t: str):
-        p, trace, a = split_text(t)
-        return len(TOKENIZER.tokenize(p)), len(TOKENIZER.tokenize(trace)) if trace else 0, len(TOKENIZER.tokenize(a))
+        parts = split_text(t)
+        return (len(TOKENIZER.tokenize(parts.prompt)), len(TOKENIZER.tokenize(parts.think)) if parts.think else 0,
+                len(TOKENIZER.tokenize(parts.answer)))
 
     layouts = [layout(t) for t in texts]
     counts = Counter(l for l in layouts if l[1] > 0)
@@ -73,24 +80,22 @@ def token_step(ids: torch.Tensor, mask: torch.Tensor) -> Callable[[MathTransform
 
 
 def build_steps(texts: list[str], k: int, device: torch.device) -> dict[str, Callable[[MathTransformer], Any]]:
-    settings = ModeSettings(mode="pause", think_tokens=str(k))
-
     def dense(lines, ignore=()):
         data = LengthGroupedData.from_texts(lines, max_length=256, ignore_target_ids=ignore)
         (length, ids), = data.groups.items()
         return ids.to(device), data.loss_masks[length].to(device)
 
     teacher = dense(texts)
-    trace = len(TOKENIZER.tokenize(split_text(texts[0])[1]))
+    trace = len(TOKENIZER.tokenize(split_text(texts[0]).think))
     internal = remove_trace_tokens(teacher[0], torch.full((len(texts),), trace // 2, device=device))
     steps: dict[str, Callable] = {
-        "teacher": token_step(*teacher),
-        "answer-only": token_step(*dense(mode_texts(texts, ModeSettings(mode="answer-only")))),
-        f"pause K={k}": token_step(*dense(mode_texts(texts, settings), ignore=(PAUSE_ID,))),
+        BASELINE: token_step(*teacher),
+        "answer-only": token_step(*dense(get_mode("answer-only").training_texts(texts))),
+        f"pause K={k}": token_step(*dense(get_mode("pause", think_tokens=str(k)).training_texts(texts), ignore=(PAUSE_ID,))),
         f"internalize (-{trace // 2} tokens)": token_step(*internal),
     }
-    prompts = [TOKENIZER.encode(split_text(t)[0]) for t in texts]
-    answers = [TOKENIZER.encode(split_text(t)[2]) for t in texts]
+    prompts = [TOKENIZER.encode(split_text(t).prompt) for t in texts]
+    answers = [TOKENIZER.encode(split_text(t).answer) for t in texts]
     prompt = torch.tensor(prompts, device=device)
     answer = torch.tensor(answers, device=device)
     alphabet = torch.tensor(THINK_ALPHABETS["digits"], device=device)
@@ -185,16 +190,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
 
-    from mathllm.data import generate_dataset
-    from mathllm.utils import resolve_device
-
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = generate_dataset(num_examples=args.num_examples, max_digits=args.max_digits,
                             max_operands=args.max_operands, seed=0)
     texts = pick_batch(list(data["train"].texts), args.batch_size)
-    trace = len(TOKENIZER.tokenize(split_text(texts[0])[1]))
+    trace = len(TOKENIZER.tokenize(split_text(texts[0]).think))
     k = args.think_tokens if args.think_tokens is not None else trace
     torch.manual_seed(0)
     model = MathTransformer(ModelConfig.from_preset(args.model_size)).to(device).train()
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
     steps = build_steps(texts, k, device)
     if args.only:
         keep = [s.strip() for s in args.only.split(",")]
-        steps = {n: f for n, f in steps.items() if n == "teacher" or any(s in n for s in keep)}
+        steps = {n: f for n, f in steps.items() if n == BASELINE or any(s in n for s in keep)}
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"model {args.model_size} ({sum(p.numel() for p in model.parameters()):,} parameters), batch {args.batch_size} x "
           f"'{texts[0]}' ({len(TOKENIZER.encode(texts[0]))} tokens, trace {trace}), K={k}", flush=True)
@@ -222,8 +224,8 @@ def main(argv=None) -> int:
             times[name].append((time.perf_counter() - start) / args.steps)
     memory = {} if args.no_memory else {name: peak_memory(model, optimizer, run, device) for name, run in steps.items()}
 
-    base_t = statistics.median(times["teacher"])
-    base_m = memory.get("teacher")
+    base_t = statistics.median(times[BASELINE])
+    base_m = memory.get(BASELINE)
     rows = []
     print(f"\n{'mode':<44}{'ms/step':>10}{'x teacher':>11}{'peak MiB':>10}{'x teacher':>11}")
     for name in steps:

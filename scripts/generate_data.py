@@ -2,6 +2,7 @@
 """Generate addition problems as train/val/test JSON Lines (the seed's flags and defaults).
 
     python scripts/generate_data.py --num-examples 100000 --max-digits 2
+    python scripts/generate_data.py --config configs/main.json      # the experiment file's data section
     python scripts/generate_data.py --num-examples 1000000 --max-digits 3 --max-operands 3 --format plain \\
         --output-dir data/plain3
 
@@ -16,26 +17,32 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mathllm.cli import run_cli
+from mathllm.data import FORMATS, generate_dataset, write_dataset
+from mathllm.train import read_config_file
 
-from mathllm.cli import run_cli  # noqa: E402
-from mathllm.data import FORMATS, generate_dataset, write_dataset  # noqa: E402
+DEFAULTS = dict(num_examples=100_000, max_digits=2, max_operands=2, seed=42, output_dir="data", train_ratio=0.8,
+                val_ratio=0.1, test_ratio=0.1, fmt="cot")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-examples", type=int, default=100_000,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", default=None,
+                   help="an experiment file (configs/*.json): its \"data\" section gives the arguments and its "
+                        "data_dir the output directory; the other flags override them")
+    p.add_argument("--num-examples", type=int,
                    help="distinct problems to generate, all splits together (default: 100000)")
-    p.add_argument("--max-digits", type=int, default=2,
+    p.add_argument("--max-digits", type=int,
                    help="each operand has 1..max-digits digits, lengths balanced (default: 2)")
-    p.add_argument("--max-operands", type=int, default=2,
+    p.add_argument("--max-operands", type=int,
                    help="each problem has 2..max-operands operands, counts balanced (default: 2)")
-    p.add_argument("--seed", type=int, default=42, help="same seed and flags give identical files (default: 42)")
-    p.add_argument("--output-dir", default="data", help="where the .jsonl files and meta.json go (default: data)")
-    p.add_argument("--train-ratio", type=float, default=0.8, help="(default: 0.8)")
-    p.add_argument("--val-ratio", type=float, default=0.1, help="(default: 0.1)")
-    p.add_argument("--test-ratio", type=float, default=0.1, help="(default: 0.1)")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default="cot",
+    p.add_argument("--seed", type=int, help="same seed and flags give identical files (default: 42)")
+    p.add_argument("--output-dir", help="where the .jsonl files and meta.json go (default: data)")
+    p.add_argument("--train-ratio", type=float, help="(default: 0.8)")
+    p.add_argument("--val-ratio", type=float, help="(default: 0.1)")
+    p.add_argument("--test-ratio", type=float, help="(default: 0.1)")
+    p.add_argument("--format", dest="fmt", choices=FORMATS,
                    help="cot: 12+34=<think>2+4=6 1+3=4</think>46<end>; plain: 12+34=46<end>; "
                         "reversed: 12+34=64<end> (default: cot)")
     p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors (no progress bars)")
@@ -43,8 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    output_dir, quiet = args.pop("output_dir"), args.pop("quiet")
+    given = vars(build_parser().parse_args(argv))
+    args = dict(DEFAULTS)
+    config = given.pop("config", None)
+    if config:
+        experiment = read_config_file(config)
+        if not isinstance(experiment.get("data"), dict):
+            raise ValueError(f"{config} has no \"data\" section (the arguments of mathllm.data.generate_dataset)")
+        unknown = sorted(set(experiment["data"]) - set(DEFAULTS) - {"output_dir"})
+        if unknown:
+            raise ValueError(f"{config}: unknown data argument(s) {unknown}; known: {sorted(DEFAULTS)}")
+        args.update(experiment["data"])
+        args["output_dir"] = experiment.get("data_dir", args["output_dir"])
+    args.update(given)
+    output_dir, quiet = args.pop("output_dir"), args.pop("quiet", False)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     start = time.perf_counter()
     progress = False if quiet else None  # None: a progress bar for big jobs

@@ -10,11 +10,10 @@ Ctrl-D leave.
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mathllm.cli import run_cli  # noqa: E402
+from mathllm.checkpoints import load
+from mathllm.cli import non_negative_float, positive_int, run_cli
+from mathllm.playground import ExpressionError, run_expression
 
 BANNER = """mathllm interactive: the model adds numbers and shows its reasoning.
   Enter an expression like 658+189 (or 658+189=), or the start of one like 7+ for the model to finish.
@@ -42,8 +41,6 @@ def render(result, use_colour: bool) -> str:
 def repl(model, temperature: float, max_new_tokens: int | None, input_fn=input, out=print,
          use_colour: bool = False) -> int:
     """Read expressions until quit/exit/EOF/Ctrl-C. Bad input prints a message and the session goes on."""
-    from mathllm.playground import ExpressionError, run_expression
-
     out(BANNER)
     while True:
         try:
@@ -68,15 +65,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model.safetensors or a directory holding one")
     p.add_argument("--model-size", default=None, help="checked against the checkpoint's config when given")
-    p.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default: 0.1)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: up to the context length")
+    p.add_argument("--temperature", type=non_negative_float, default=0.1, help="0 = greedy (default: 0.1)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: up to the context length")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = p.parse_args(argv)
 
-    from mathllm.evaluate import load_model
-
-    model = load_model(args.checkpoint, model_size=args.model_size, device=args.device)
-    return repl(model, args.temperature, args.max_new_tokens, use_colour=sys.stdout.isatty())
+    trained = load(args.checkpoint, model_size=args.model_size, device=args.device)
+    return repl(trained, args.temperature, args.max_new_tokens, use_colour=sys.stdout.isatty())
 
 
 if __name__ == "__main__":

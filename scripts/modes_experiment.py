@@ -29,7 +29,6 @@ statistics per position, mutual information with the true carries and column sum
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import statistics
 import sys
@@ -39,38 +38,40 @@ import typing
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mathllm.cli import build_parser_from_dataclass, run_cli  # noqa: E402
-from mathllm.train import TrainConfig  # noqa: E402
+from mathllm.checkpoints import load, read_metrics
+from mathllm.cli import run_cli, training_parser
+from mathllm.data import load_split
+from mathllm.free_thinking import collect_think_traces, think_label_information, token_statistics
+from mathllm.tokenizer import VOCAB
+from mathllm.train import TrainConfig, train
+from mathllm.training_mode import available_modes, mode_class
+from mathllm.utils import atomic_write_json, resolve_device
 
 DEFAULT_MODES = ["teacher", "answer-only", "pause", "gumbel", "internalize"]
 DRIVER_FIELDS = {"data_dir", "model_size", "max_steps", "batch_size", "device", "seed", "mode", "output_dir",
-                 "use_gumbel"}
+                 "use_gumbel", "config"}
 
 
 def parse_run_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"gumbel"`` -> ("gumbel", {"mode": "gumbel"}); ``"g8:mode=gumbel,think_tokens=8"`` -> ("g8", {...})."""
-    from mathllm.modes import MODES
+    """``"gumbel"`` -> ("gumbel", {"mode": "gumbel"}); ``"g8:mode=gumbel,think_tokens=8"`` -> ("g8", {...}).
 
+    The fields are ``TrainConfig``'s and the settings of the run's mode."""
     name, _, rest = spec.partition(":")
     name = name.strip()
     if not name or "/" in name:
         raise ValueError(f"bad run name in {spec!r}")
-    overrides: dict[str, Any] = {}
-    hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq or key not in fields:
-            raise ValueError(f"in {spec!r}: {item!r} is not field=value with a TrainConfig field")
-        overrides[key] = _coerce(hints[key], value.strip())
-    if "mode" not in overrides:
-        if name not in MODES:
-            raise ValueError(f"run {name!r} is not a mode ({', '.join(MODES)}); say which with {name}:mode=...")
-        overrides["mode"] = name
-    return name, overrides
+    items = [item.partition("=") for item in filter(None, (s.strip() for s in rest.split(",")))]
+    raw = {key.strip().replace("-", "_"): value.strip() for key, eq, value in items if eq}
+    if len(raw) != len(items):
+        raise ValueError(f"in {spec!r}: every item must be field=value")
+    mode = raw.get("mode", name)
+    if mode not in available_modes():
+        raise ValueError(f"run {name!r} is not a mode ({', '.join(available_modes())}); say which with {name}:mode=...")
+    hints = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(mode_class(mode).Settings)}
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ValueError(f"in {spec!r}: {', '.join(unknown)} is neither a TrainConfig field nor a setting of mode {mode}")
+    return name, {"mode": mode, **{key: _coerce(hints[key], value) for key, value in raw.items()}}
 
 
 def _coerce(hint, text: str):
@@ -98,16 +99,10 @@ def seconds_per_step(history: list[dict[str, Any]], second_half: bool = False) -
 
 def analyse_think(output_dir: Path, data_dir: str, n: int, device: str) -> dict[str, Any]:
     """Think traces of a trained run on the first ``n`` test problems: examples, token statistics, MI table."""
-    from mathllm.data import load_split
-    from mathllm.evaluate import load_model
-    from mathllm.free_thinking import collect_think_traces, think_label_information, token_statistics
-
-    model = load_model(output_dir, device=device)
-    traces = collect_think_traces(model, load_split(Path(data_dir) / "test.jsonl")[:n])
+    trained = load(output_dir, device=device)
+    traces = collect_think_traces(trained, load_split(Path(data_dir) / "test.jsonl")[:n])
     stats = token_statistics(traces)
     table = think_label_information(traces)
-    from mathllm.tokenizer import VOCAB
-
     return {
         "examples": n, "exact_match": traces.accuracy,
         "example_traces": traces.examples(12), "wrong_examples": traces.examples(6, only=False),
@@ -161,8 +156,9 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the runs and their configs, train nothing")
     args, passthrough = p.parse_known_args(argv)
 
-    train_parser = build_parser_from_dataclass(TrainConfig)
-    extra = vars(train_parser.parse_args(passthrough))
+    extra = vars(training_parser().parse_args(passthrough))
+    for flag in ("overwrite", "use_gumbel", "config"):
+        extra.pop(flag, None)
     flags = {a.split("=", 1)[0] for a in passthrough if a.startswith("--")}
     clash = sorted(f for f in DRIVER_FIELDS if {f"--{f.replace('_', '-')}", f"--no-{f.replace('_', '-')}"} & flags)
     if clash:
@@ -172,10 +168,6 @@ def main(argv=None) -> int:
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"run names must be distinct: {names}")
-
-    from mathllm.modes import MODE_FIELDS
-    from mathllm.train import read_metrics, train
-    from mathllm.utils import atomic_write_json, resolve_device
 
     root = Path(args.output_root)
     summary_path = Path(args.summary) if args.summary else root / "summary.json"
@@ -206,10 +198,10 @@ def main(argv=None) -> int:
                         "output_dir": str(root / f"{name}-seed{seed}"), "wandb": args.wandb,
                         "progress": args.progress,
                         **{k: v.replace("{seed}", str(seed)) if isinstance(v, str) else v for k, v in overrides.items()}}
-            cfg = TrainConfig(**cfg_dict)
+            cfg = TrainConfig.from_dict(cfg_dict)
+            mode = cfg.training_mode()
             record: dict[str, Any] = {"name": name, "mode": cfg.mode, "seed": seed, "output_dir": cfg.output_dir,
-                                      "settings": {k: getattr(cfg, k) for k in MODE_FIELDS},
-                                      "config": cfg.to_dict()}
+                                      "settings": mode.to_dict(), "config": cfg.to_dict()}
             print(f"=== {name} seed {seed}: {cfg.output_dir}", flush=True)
             if args.dry_run:
                 runs.append(record)
@@ -235,7 +227,7 @@ def main(argv=None) -> int:
                                                    if "val_exact_match" in m), None),
                     "learning_curve": history,
                 })
-                if cfg.mode == "gumbel" and args.analyse_examples > 0:
+                if mode.writes_own_thoughts and args.analyse_examples > 0:
                     record["think_analysis"] = analyse_think(Path(cfg.output_dir), args.data_dir,
                                                              args.analyse_examples, args.device)
                 em = record["test_exact_match"]

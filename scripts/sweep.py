@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mathllm.cli import run_cli
+from mathllm.train import TrainConfig, read_config_file, train
+
 
 BASE = dict(model_size="mini", batch_size=64, learning_rate=2e-3, warmup_steps=200, max_steps=2000,
             eval_steps=500, save_steps=100_000, logging_steps=250, eval_examples=1000, wandb=False,
@@ -29,12 +31,10 @@ def run_one(job: tuple[str, dict, dict]) -> dict:
     import torch
 
     torch.set_num_threads(settings["threads"])
-    from mathllm.train import TrainConfig, train
-
     cfg = dict(BASE, output_dir=str(Path(settings["runs_dir"]) / name), device=settings["device"])
     cfg.update(overrides)
     start = time.time()
-    result = train(TrainConfig(**cfg), console_log=False, overwrite=True)
+    result = train(TrainConfig.from_dict(cfg), console_log=False, overwrite=True)
     tests = result.test_results or {}
     out = {"name": name, "overrides": overrides, "test_exact_match": tests.get("exact_match"),
            "by_num_operands": tests.get("by_num_operands"), "seconds": round(time.time() - start, 1),
@@ -43,7 +43,25 @@ def run_one(job: tuple[str, dict, dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_run_name(name: str, source: str) -> str:
+    """A run name becomes a folder under --runs-dir: it may not leave it (no '/', no '..', not empty)."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        raise ValueError(f"{source}: run name {name!r} must be a plain folder name (no '/', no '..', not hidden)")
+    return name
+
+
+def read_configs(path: str) -> dict[str, dict]:
+    """``{name: {TrainConfig field: value}}`` from a JSON file, every name and every entry checked."""
+    configs = read_config_file(path)
+    for name, overrides in configs.items():
+        check_run_name(name, path)
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{path}: run {name!r} must map to an object of TrainConfig settings")
+        TrainConfig.from_dict({**BASE, **overrides})  # every setting is checked before anything trains
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", required=True, help="JSON file: {name: {TrainConfig field: value}}")
     parser.add_argument("--device", default="auto")
@@ -52,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs-dir", default="checkpoints/sweep")
     parser.add_argument("--output", default="sweep_results.json")
     args = parser.parse_args(argv)
-    configs = json.loads(Path(args.configs).read_text())
+    configs = read_configs(args.configs)
     settings = {"device": args.device, "threads": args.threads, "runs_dir": args.runs_dir}
     jobs = [(name, overrides, settings) for name, overrides in configs.items()]
     if args.parallel > 1:
@@ -64,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in sorted(results, key=lambda r: -(r["test_exact_match"] or 0)):
         em = "-" if r["test_exact_match"] is None else f"{r['test_exact_match']:.4f}"
         print(f"{r['name']:>24}  test exact match {em}  ({r['seconds']:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Train a model (the seed's flags and defaults), in any training mode.
+"""Train a model (the seed's flags and defaults), in any training mode, from flags or an experiment file.
 
+    python scripts/train.py --config configs/main.json                  # an experiment file; flags override it
+    python scripts/train.py --config configs/main.json --max-steps 500 --output-dir checkpoints/short
     python scripts/train.py --model-size small --data-dir data --output-dir checkpoints/run1 --no-wandb
     python scripts/train.py --mode answer-only ...                    # no think block
     python scripts/train.py --mode pause --think-tokens 8 ...         # 8 <pause> tokens, loss on the answer
@@ -12,30 +14,22 @@
 Modes (mathllm.modes): teacher (the human trace, the default), answer-only, pause, gumbel, internalize.
 
 Running the same command again on the same --output-dir resumes from the newest checkpoint.
-Ctrl-C saves a checkpoint and exits. Every flag is a field of mathllm.train.TrainConfig.
+Ctrl-C saves a checkpoint and exits. Every flag is a field of mathllm.train.TrainConfig or a setting of a mode.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mathllm.cli import build_parser_from_dataclass, run_cli  # noqa: E402
-from mathllm.train import TrainConfig, train  # noqa: E402
+from mathllm.cli import run_cli, training_config, training_parser
+from mathllm.evaluate import format_report
+from mathllm.train import train
 
 
 def main(argv=None) -> int:
-    parser = build_parser_from_dataclass(TrainConfig, description=__doc__)
-    parser.add_argument("--overwrite", action="store_true", help="delete --output-dir and train from scratch")
-    args = parser.parse_args(argv)
-    overwrite = args.__dict__.pop("overwrite")
-    cfg = TrainConfig(**vars(args))
+    cfg, overwrite = training_config(vars(training_parser(__doc__).parse_args(argv)))
     result = train(cfg, overwrite=overwrite)
     if result.interrupted:
         return 130
     if result.test_results:
-        from mathllm.evaluate import format_report
-
         print(format_report(result.test_results))
     return 0
 

@@ -15,12 +15,9 @@ from mathllm.data import (
     ENUMERATE_LIMIT,
     FIELDS,
     Split,
-    _count_carries_array,
     _Shape,
     _shapes,
     balanced_quotas,
-    cot_steps,
-    count_carries,
     count_distinct_problems,
     count_tokens,
     describe,
@@ -34,6 +31,7 @@ from mathllm.data import (
     render_texts,
     write_dataset,
 )
+from mathllm.arithmetic import count_carries, count_carries_array
 from mathllm.tokenizer import TOKENIZER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,9 +78,8 @@ def test_plain_and_reversed_formats(operands, plain, reversed_):
     assert render_texts(np.array([operands]), fmt="reversed") == [reversed_]
 
 
-def test_steps_carries_prompt_and_example_fields():
-    assert cot_steps([658, 189]) == ["8+9=17", "5+8+1=14", "6+1+1=8"]
-    assert [count_carries(x) for x in ([12, 34], [99, 21], [999, 1], [0, 0], [999, 999, 999])] == [0, 2, 3, 0, 3]
+def test_prompt_and_example_fields():
+    # the steps and carries themselves: tests/test_arithmetic.py
     assert format_prompt([5, 123]) == "5+123="
     example = make_example([99, 21])
     assert list(example) == list(FIELDS)
@@ -128,8 +125,6 @@ def test_vectorised_texts_equal_the_reference(fmt):
     texts = render_texts(operands, num_operands, fmt)
     for row, n, text in zip(operands.tolist(), num_operands.tolist(), texts):
         assert text == format_example(row[:n], fmt)
-    expected_carries = [count_carries(row[:n]) for row, n in zip(operands.tolist(), num_operands.tolist())]
-    assert _count_carries_array(operands).tolist() == expected_carries
 
 
 @pytest.mark.parametrize("fmt", ["cot", "plain", "reversed"])
@@ -177,7 +172,7 @@ def test_drawn_problems_are_uniform_within_their_stratum():
     carries = 2
     capacity = int(shape.capacity[carries])  # 2385 problems such as 55+55
     draws = shape.draw(np.full(120_000, carries), np.random.default_rng(0))
-    assert (_count_carries_array(draws) == carries).all()
+    assert (count_carries_array(draws) == carries).all()
     assert ((draws >= 10) & (draws <= 99)).all()
     counts = np.array(list(Counter(map(tuple, draws.tolist())).values()))
     assert len(counts) == capacity  # every problem of the stratum is reachable
@@ -447,3 +442,38 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "add up to 1" in done.stderr
     assert not (tmp_path / "d").exists()
+
+
+def _main_in_process(*args):
+    """``scripts/generate_data.py``'s main run here (errors -> exit 2, as on the command line): faster than a process."""
+    import importlib.util
+
+    from mathllm.cli import run_cli
+
+    spec = importlib.util.spec_from_file_location("generate_data_script", ROOT / "scripts" / "generate_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return run_cli(lambda: module.main(list(args)))
+
+
+def test_cli_reads_the_data_section_of_an_experiment_file(tmp_path, capsys):
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps({"data": {"num_examples": 200, "max_digits": 2, "max_operands": 3, "seed": 4},
+                                  "data_dir": str(tmp_path / "from_file"), "batch_size": 8}))
+    assert _main_in_process("--config", str(config), "--quiet") == 0
+    assert load_meta(tmp_path / "from_file")["arguments"] == dict(
+        num_examples=200, max_digits=2, max_operands=3, seed=4, fmt="cot", train_ratio=0.8, val_ratio=0.1,
+        test_ratio=0.1)
+    # flags override the file
+    assert _main_in_process("--config", str(config), "--seed", "5", "--output-dir", str(tmp_path / "other"),
+                            "--quiet") == 0
+    assert load_meta(tmp_path / "other")["arguments"]["seed"] == 5
+    assert load_meta(tmp_path / "other")["arguments"]["num_examples"] == 200
+    # a file without a data section, or with an unknown argument, is a clear error
+    capsys.readouterr()
+    config.write_text(json.dumps({"batch_size": 8}))
+    assert _main_in_process("--config", str(config)) == 2
+    assert 'no "data" section' in capsys.readouterr().err
+    config.write_text(json.dumps({"data": {"num_exemples": 10}}))
+    assert _main_in_process("--config", str(config)) == 2
+    assert "num_exemples" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Evaluation: answer parsing, exact match / think exact / token accuracy, breakdowns, the CLI's errors."""
+"""Evaluation: exact match / think exact / token accuracy, breakdowns, the mode a model is used in, the CLI's
+errors. (Answer parsing, once here, is mathllm.text.parse_answer: tests/test_text.py.)"""
 
 import json
 import subprocess
@@ -8,55 +9,50 @@ from pathlib import Path
 import pytest
 import torch
 
-import mathllm.generate
-from model_doubles import ScriptedModel
-from mathllm.data import make_example
-from mathllm.evaluate import answer_from_completion, evaluate_examples, format_report, token_accuracy
+from mathllm.checkpoints import TrainedModel, save_model
+from mathllm.data import make_example, write_dataset, generate_dataset
+from mathllm.evaluate import (evaluate_examples, evaluate_split, exact_match_texts, format_report,
+                              generate_completions, model_and_mode, token_accuracy)
 from mathllm.model import MathTransformer
 from mathllm.tokenizer import TOKENIZER
+from mathllm.training_mode import TrainingMode, get_mode
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.mark.parametrize("completion, fmt, answer", [
-    ("<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>", "cot", 847),
-    ("8<end>", "plain", 8),
-    ("64<end>", "reversed", 46),
-    ("<think>8+9=17</think>84 7<end>", "cot", None),
-    ("<think>8+9=17 5+8", "cot", None),
-    ("847", "cot", None),  # no <end>: the model did not finish
-])
-def test_answer_parsing(completion, fmt, answer):
-    assert answer_from_completion(completion, fmt) == answer
 
 
 EXAMPLES = [make_example(ops) for ops in [(658, 189), (12, 34), (99, 21), (3, 5), (5, 7, 9)]]
 
 
-def fake_generate(answers):
-    """Replace generation by a table: prompt -> completion."""
-    def generate(model, prompts, **kwargs):
-        return [answers[p] for p in prompts]
-    return generate
+class TableMode(TrainingMode):
+    """Teacher forcing whose generation is a table, prompt -> completion (the model is never run)."""
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = answers
+
+    def generate(self, model, prompts, **kwargs):
+        return [self.answers[p] for p in prompts]
 
 
-def test_a_perfect_model_scores_one_and_a_wrong_answer_is_counted(monkeypatch):
+def test_a_perfect_model_scores_one_and_a_wrong_answer_is_counted():
     truth = {ex["prompt"]: ex["text"][len(ex["prompt"]):] for ex in EXAMPLES}
     model = MathTransformer.from_preset("tiny")
-    monkeypatch.setattr(mathllm.generate, "generate", fake_generate(truth))
-    perfect = evaluate_examples(model, EXAMPLES)
+    perfect = evaluate_examples(model, EXAMPLES, mode=TableMode(truth))
     assert perfect["exact_match"] == 1.0 and perfect["think_exact"] == 1.0 and perfect["num_with_think"] == 4
+    assert exact_match_texts(model, [ex["text"] for ex in EXAMPLES], mode=TableMode(truth)) == 1.0
 
     wrong = dict(truth)
     wrong["12+34="] = "<think>2+4=6 1+3=4</think>47<end>"  # right trace, wrong answer
     wrong["99+21="] = "<think>9+1=10 9+2=11</think>120<end>"  # dropped carry in the trace, right answer
-    monkeypatch.setattr(mathllm.generate, "generate", fake_generate(wrong))
-    res = evaluate_examples(model, EXAMPLES)
+    res = evaluate_examples(model, EXAMPLES, mode=TableMode(wrong))
     assert res["exact_match"] == pytest.approx(4 / 5) and res["think_exact"] == pytest.approx(3 / 4)
     assert res["by_num_carries"]["0"] == {"exact_match": 0.5, "count": 2}  # 12+34 and 3+5 have no carry
     assert res["by_num_operands"]["3"] == {"exact_match": 1.0, "count": 1}
     assert [f["prompt"] for f in res["failures"]] == ["12+34="]
-    assert "exact match     0.8000" in format_report(res)
+    assert exact_match_texts(model, [ex["text"] for ex in EXAMPLES], mode=TableMode(wrong)) == pytest.approx(4 / 5)
+    report = format_report(res)
+    assert "exact match     0.8000" in report and "think exact     0.7500" in report
+    assert report.splitlines()[0] == "mode            teacher"  # the mode line is always there
 
 
 class _Oracle(MathTransformer):
@@ -96,7 +92,7 @@ def _evaluate_cli(*args):
 
 
 def test_cli_evaluates_a_checkpoint_and_writes_results(tiny_dataset, tmp_path):
-    MathTransformer.from_preset("tiny").save_pretrained(tmp_path / "ckpt")
+    save_model(MathTransformer.from_preset("tiny"), tmp_path / "ckpt")
     out = tmp_path / "results.json"
     proc = _evaluate_cli("--checkpoint", str(tmp_path / "ckpt"), "--data-dir", str(tiny_dataset), "--limit", "50",
                          "--output-file", str(out), "--device", "cpu")
@@ -105,7 +101,7 @@ def test_cli_evaluates_a_checkpoint_and_writes_results(tiny_dataset, tmp_path):
 
 
 def test_cli_errors_name_the_problem(tiny_dataset, tmp_path):
-    MathTransformer.from_preset("tiny").save_pretrained(tmp_path / "ckpt")
+    save_model(MathTransformer.from_preset("tiny"), tmp_path / "ckpt")
     wrong_size = _evaluate_cli("--checkpoint", str(tmp_path / "ckpt"), "--model-size", "small",
                                "--data-dir", str(tiny_dataset))
     assert wrong_size.returncode == 2 and "Traceback" not in wrong_size.stderr
@@ -121,3 +117,61 @@ def test_cli_errors_name_the_problem(tiny_dataset, tmp_path):
 
     missing = _evaluate_cli("--checkpoint", str(tmp_path / "ckpt"), "--data-dir", str(tmp_path / "no-data"))
     assert missing.returncode == 2 and "generate_data.py" in missing.stderr
+
+
+def test_answer_only_token_accuracy_scores_the_answer_and_never_a_pause():
+    text = "12+34=<think>2+4=6 1+3=4</think>46<end>"  # targets 18, 19, 20 are 4, 6, <end>
+    assert token_accuracy(_Oracle(text, wrong_positions=[5, 6, 17]), [text], answer_only=True) == 1.0
+    assert token_accuracy(_Oracle(text, wrong_positions=[18]), [text], answer_only=True) == pytest.approx(2 / 3)
+    paused = "12+34=<pause><pause>46<end>"  # targets 5, 6 are the pauses
+    assert token_accuracy(_Oracle(paused, wrong_positions=[5, 6]), [paused], answer_only=True) == 1.0
+    assert token_accuracy(_Oracle(paused, wrong_positions=[5, 6]), [paused]) == pytest.approx(3 / 5)
+    assert token_accuracy(_Oracle(paused, wrong_positions=[7]), [paused], answer_only=True) == pytest.approx(2 / 3)
+
+
+def test_a_model_is_used_in_its_own_mode():
+    model = MathTransformer.from_preset("tiny").eval()
+    pause = get_mode("pause", think_tokens="2")
+    assert model_and_mode(model)[0] is model and model_and_mode(model)[1].name == "teacher"
+    assert model_and_mode(model, pause) == (model, pause)
+    trained = TrainedModel(model, pause, None)
+    assert model_and_mode(trained) == (model, pause)
+    assert model_and_mode(trained, get_mode("pause", think_tokens="2"))[1] is pause  # the same settings: fine
+    with pytest.raises(ValueError, match="trained in mode"):
+        model_and_mode(trained, get_mode("pause", think_tokens="3"))
+    (completion,) = generate_completions(trained, ["12+34="], max_new_tokens=3)
+    assert completion.startswith("<pause><pause>") and not completion.startswith("<pause>" * 3)
+    assert generate_completions(model, ["12+34="], 3, mode=pause) == [completion]
+
+
+@pytest.mark.parametrize("mode, think_exact", [
+    (get_mode("answer-only"), None), (get_mode("pause", think_tokens="3"), None),
+    (get_mode("gumbel", think_tokens="2"), None), (get_mode("internalize"), 0.0), (get_mode("teacher"), 0.0),
+])
+def test_results_say_which_mode_and_format_they_measure(mode, think_exact):
+    torch.manual_seed(0)
+    model = MathTransformer.from_preset("tiny")
+    res = evaluate_examples(TrainedModel(model, mode, None), EXAMPLES)
+    assert res["mode"] == mode.name and res["token_accuracy_format"] == mode.description
+    assert res["think_exact"] == think_exact and 0 <= res["token_accuracy"] <= 1
+    report = format_report(res)
+    assert report.splitlines()[0] == f"mode            {mode.name}" and mode.description in report
+    assert ("think exact" in report) == (think_exact is not None)
+
+
+def test_drafts_do_not_change_what_is_generated():
+    torch.manual_seed(1)
+    model = MathTransformer.from_preset("tiny").eval()
+    prompts = [ex["prompt"] for ex in EXAMPLES]
+    truths = [ex["text"][len(ex["prompt"]):] for ex in EXAMPLES]
+    plain = generate_completions(model, prompts, 20)
+    assert generate_completions(model, prompts, 20, references=truths) == plain
+
+
+def test_evaluate_split_reads_the_file_and_records_it(tmp_path):
+    paths = write_dataset(generate_dataset(num_examples=100, max_digits=2, seed=1), tmp_path / "data")
+    model = MathTransformer.from_preset("tiny")
+    res = evaluate_split(model, paths["test"], limit=7, device="cpu")
+    assert res["num_examples"] == 7 and res["data_path"] == str(paths["test"]) and res["mode"] == "teacher"
+    pause = evaluate_split(TrainedModel(model, get_mode("pause", think_tokens="1"), None), paths["test"], limit=3)
+    assert pause["mode"] == "pause" and pause["num_examples"] == 3

@@ -13,8 +13,17 @@ import torch
 from mathllm.data import make_example
 from mathllm.free_thinking import (ThinkTraces, collect_think_traces, column_labels, mutual_information,
                                    think_label_information, think_tokens, token_statistics)
+from mathllm.checkpoints import TrainedModel
+from mathllm.generate import generate
 from mathllm.model import MathTransformer
+from mathllm.text import parse_answer
 from mathllm.tokenizer import LATENT_IDS, TOKENIZER
+from mathllm.training_mode import get_mode
+
+
+def teacher_budget(examples) -> int:
+    """collect_think_traces's default max_new_tokens: the longest example plus 4."""
+    return max(len(TOKENIZER.encode(ex["text"])) for ex in examples) + 4
 
 
 def test_mutual_information_of_known_distributions():
@@ -70,12 +79,20 @@ def test_token_statistics_count_each_position():
 def test_traces_of_a_gumbel_model():
     torch.manual_seed(0)
     model = MathTransformer.from_preset("tiny").eval()
-    model.training_meta = {"config": {"mode": "gumbel", "think_tokens": "4", "think_alphabet": "latent"}}
+    mode = get_mode("gumbel", think_tokens="4", think_alphabet="latent")
     examples = [make_example([a, b]) for a, b in [(12, 34), (99, 21), (5, 7), (658, 189)]]
-    traces = collect_think_traces(model, examples)
+    traces = collect_think_traces(TrainedModel(model, mode, None), examples)
     assert traces.mode == "gumbel" and len(traces) == 4
     assert all(len(t) == 4 and set(t) <= set(LATENT_IDS) for t in traces.think_ids)
     assert all(c.startswith("<think>") for c in traces.completions) and 0.0 <= traces.accuracy <= 1.0
+    assert traces.model_answers == [parse_answer(c) for c in traces.completions]
+    assert traces.correct == [a == sum(ex["operands"]) for a, ex in zip(traces.model_answers, examples)]
+    # a bare model with the mode given is the same; a bare model alone is a teacher-forcing one
+    again = collect_think_traces(model, examples, mode=mode)
+    assert again.completions == traces.completions and again.think_ids == traces.think_ids
+    teacher = collect_think_traces(model, examples)
+    assert teacher.mode == "teacher" and teacher.completions == generate(model, teacher.prompts,
+                                                                          max_new_tokens=teacher_budget(examples))
 
 
 def fake_summary() -> dict:

@@ -1,5 +1,5 @@
 """Tests for mathllm.generate: cached batched generation equals naive generation, stopping,
-probabilities, ordering, sampling, and the completion parser."""
+probabilities, ordering, sampling. (The completion parser, once here, is mathllm.text: tests/test_text.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from mathllm.generate import Generation, generate, split_completion
+from mathllm.generate import Generation, generate
 from mathllm.model import MathTransformer, ModelConfig
 from mathllm.tokenizer import END_ID, TOKENIZER
 
@@ -195,33 +195,3 @@ def test_hooks_are_active_during_generation():
         ablated = generate(model, ps, max_new_tokens=8)
     assert ablated != clean
     assert generate(model, ps, max_new_tokens=8) == clean  # hooks removed again
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>", ("8+9=17 5+8+1=14 6+1+1=8", "847")),
-        ("<think>2+4=6 1+3=4</think>46<end>", ("2+4=6 1+3=4", "46")),
-        ("<think>2+4=6</think>46<end><pad><pad>", ("2+4=6", "46")),
-        ("<think><z3><z1></think>46<end>", ("<z3><z1>", "46")),
-        ("<think></think>7<end>", ("", "7")),
-        ("3+5=8<end>", (None, "8")),
-        ("8<end>", (None, "8")),
-        ("<think>2+4=6 1+3", (None, None)),  # trace never closed
-        ("<think>2+4=6</think>46", ("2+4=6", None)),  # no <end>
-        ("<think>2+4=6</think>4 6<end>", ("2+4=6", None)),  # not digits
-        ("<think>2+4=6</think><end>", ("2+4=6", None)),  # empty answer
-        ("<think>2+4=6</think>46<end>12<end>", ("2+4=6", None)),  # junk after <end>
-        ("<think>1<think>2</think>3<end>", (None, "3")),
-        ("12+3=<end>", (None, None)),
-        ("", (None, None)),
-        ("<think>9-5=4</think>-12<end>", ("9-5=4", "-12")),
-    ],
-)
-def test_split_completion(text, expected):
-    assert split_completion(text) == expected
-
-
-def test_split_completion_rejects_non_strings():
-    with pytest.raises(TypeError):
-        split_completion(None)  # type: ignore[arg-type]

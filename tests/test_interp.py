@@ -21,9 +21,9 @@ def test_every_hook_the_toolkit_uses_is_in_the_cache(preset, positional):
 
 @pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "model.safetensors").is_file(), reason="no shipped checkpoint")
 def test_hooks_exist_in_the_shipped_model():
-    from mathllm.evaluate import load_model
+    from mathllm.checkpoints import load
 
-    model = load_model(SHIPPED_CHECKPOINT, device="cpu")
+    model = load(SHIPPED_CHECKPOINT, device="cpu").model
     _, cache = model.run_with_cache("1+2=3<end>")
     assert set(hook_names(model.cfg)) <= set(cache.keys())
 

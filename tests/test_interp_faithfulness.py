@@ -1,24 +1,16 @@
-"""Trace faithfulness (mathllm.interp.faithfulness): edits, the implied answer, and the counting."""
+"""Trace faithfulness (mathllm.interp.faithfulness): edits and the counting. (The implied answer, once here, is
+mathllm.arithmetic.implied_answer: tests/test_arithmetic.py.)"""
 
 import math
 
 import numpy as np
 import pytest
 
-import mathllm.generate
-from mathllm.evaluate import load_model
-from mathllm.interp.faithfulness import (edit_trace, implied_answer, make_edits, trace_faithfulness,
-                                         wilson_interval)
+import mathllm.interp.faithfulness
+from mathllm.checkpoints import load
+from mathllm.interp.faithfulness import edit_trace, make_edits, trace_faithfulness, wilson_interval
 from mathllm.interp.positions import sample_problems
 from mathllm.utils import SHIPPED_CHECKPOINT
-
-
-def test_implied_answer_reads_the_trace_column_by_column():
-    assert implied_answer(["8+9=17", "5+8+1=14", "6+1+1=8"]) == 847
-    assert implied_answer(["9+1=10", "9+2+1=12"]) == 120
-    assert implied_answer(["8+9=13", "5+8+1=14", "6+1+1=8"]) == 843  # a wrong total counts as written
-    with pytest.raises(ValueError):
-        implied_answer(["8+9"])
 
 
 def test_edits_change_one_step_as_described():
@@ -54,7 +46,7 @@ def test_outcomes_are_counted_with_their_sample_size(monkeypatch):
         assert prompts == [e.text for e in items]
         return scripted[: len(prompts)]
 
-    monkeypatch.setattr(mathllm.generate, "generate", fake_generate)
+    monkeypatch.setattr(mathllm.interp.faithfulness, "generate", fake_generate)
     result = trace_faithfulness(None, problems, edits=("wrong_sum",), seed=0)
     assert result.row("none")["true_sum"] == 1 and result.row("none")["rate"] == 1.0
     overall = result.row("wrong_sum")
@@ -71,7 +63,7 @@ def test_wilson_interval():
 
 @pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "model.safetensors").is_file(), reason="no shipped checkpoint")
 def test_shipped_model_answers_right_after_an_unedited_trace():
-    model = load_model(SHIPPED_CHECKPOINT, device="cpu")
+    model = load(SHIPPED_CHECKPOINT, device="cpu").model
     result = trace_faithfulness(model, sample_problems(40, seed=9), edits=("wrong_operand",))
     assert result.row("none")["rate"] == 1.0 and result.row("none")["n"] == 40
     assert result.row("wrong_operand")["n"] >= 100

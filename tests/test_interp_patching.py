@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mathllm.evaluate import load_model
+from mathllm.checkpoints import load
 from mathllm.interp.patching import (carry_flip_pairs, digit_change_pairs, logit_diff, manual_patch, patch_blocks,
                                      patch_heads, patch_residual)
 from mathllm.interp.positions import same_template_problems, sample_problems, template_of
@@ -16,7 +16,7 @@ needs_checkpoint = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "model.safetenso
 
 @pytest.fixture(scope="module")
 def shipped():
-    return load_model(SHIPPED_CHECKPOINT, device="cpu")
+    return load(SHIPPED_CHECKPOINT, device="cpu").model
 
 
 @pytest.fixture(scope="module")

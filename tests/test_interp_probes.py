@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mathllm.evaluate import load_model
+from mathllm.checkpoints import load
 from mathllm.interp.positions import label_table, position_kinds, sample_problems
 from mathllm.interp.probes import (_lda_predict, _standardize, cache_activations, fit_logistic_probe, fit_probes,
                                    residual_streams, split_examples)
@@ -17,7 +17,7 @@ needs_checkpoint = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "model.safetenso
 
 @pytest.fixture(scope="module")
 def shipped_acts():
-    model = load_model(SHIPPED_CHECKPOINT, device="cpu")
+    model = load(SHIPPED_CHECKPOINT, device="cpu").model
     problems = sample_problems(1500, num_digits=3, seed=11)
     return cache_activations(model, problems, kinds=["a0", "b1", "=", "s0.=", "s1.=", "ans1"])
 

@@ -1,5 +1,5 @@
 """Behavioural tests for mathllm.model: shapes, causality, the two attention paths, the KV cache,
-TransformerLens hooks/patching, bridge equivalence and checkpoints."""
+TransformerLens hooks/patching and bridge equivalence. (Saving and loading: tests/test_checkpoints.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from mathllm.model import (
     PRESETS,
-    CheckpointError,
     KVCache,
     MathTransformer,
     ModelConfig,
@@ -363,72 +362,6 @@ def test_transformer_bridge_gives_the_same_logits(positional):
     for name in ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.1.mlp.hook_post",
                  "blocks.0.ln1.hook_normalized", "blocks.1.hook_resid_post"]:
         torch.testing.assert_close(bridge_cache[name], our_cache[name], rtol=1e-5, atol=1e-5)
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-@pytest.mark.parametrize("positional", POSITIONAL)
-def test_save_and_load_round_trip(tmp_path, positional):
-    model = make_model(positional)
-    model.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
-    ids = random_ids()
-    for path in (tmp_path / "ckpt", tmp_path / "ckpt" / "model.safetensors"):
-        loaded = MathTransformer.from_pretrained(path).eval()
-        assert loaded.cfg == model.cfg
-        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
-    # a config override with the same shape but other settings is accepted
-    loaded = MathTransformer.from_pretrained(tmp_path / "ckpt", config=ModelConfig.from_dict(
-        {**model.cfg.to_dict(), "dropout": 0.2}))
-    assert loaded.cfg.dropout == 0.2
-
-
-def test_checkpoint_errors_are_clear(tmp_path):
-    model = make_model()
-    ckpt = model.save_pretrained(tmp_path / "ckpt")
-
-    with pytest.raises(CheckpointError, match=r"model_size 'small' expects .*d_model=256.* has .*d_model=64"):
-        MathTransformer.from_pretrained(ckpt, model_size="small")
-    with pytest.raises(CheckpointError, match="d_model=64"):
-        MathTransformer.from_pretrained(ckpt, config=ModelConfig.from_preset("tiny", positional="learned"))
-
-    truncated = tmp_path / "truncated"
-    truncated.mkdir()
-    data = (ckpt / "model.safetensors").read_bytes()
-    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
-    (truncated / "config.json").write_text((ckpt / "config.json").read_text())
-    with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
-        MathTransformer.from_pretrained(truncated)
-    assert info.value.__cause__ is None and info.value.__suppress_context__
-
-    no_config = tmp_path / "no_config"
-    no_config.mkdir()
-    (no_config / "model.safetensors").write_bytes(data)
-    with pytest.raises(CheckpointError, match=r"no config\.json .*model_size"):
-        MathTransformer.from_pretrained(no_config)
-    loaded = MathTransformer.from_pretrained(no_config, model_size="tiny")  # a preset supplies the shape
-    assert loaded.cfg.d_model == 64
-
-    from safetensors.torch import save_file
-
-    foreign = tmp_path / "foreign.safetensors"
-    save_file({"transformer.h.0.attn.c_attn.weight": torch.zeros(3, 3)}, foreign)
-    with pytest.raises(CheckpointError, match="does not look like a mathllm"):
-        MathTransformer.from_pretrained(foreign, model_size="tiny")
-
-    with pytest.raises(CheckpointError, match="no checkpoint at"):
-        MathTransformer.from_pretrained(tmp_path / "nowhere")
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    (pickled / "model.pt").write_bytes(b"\x80\x04not really")
-    with pytest.raises(CheckpointError, match="never loaded"):
-        MathTransformer.from_pretrained(pickled)
-    (ckpt / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not a valid model config"):
-        MathTransformer.from_pretrained(ckpt)
-    assert issubclass(CheckpointError, ValueError)
 
 
 def test_cfg_device_follows_the_model():

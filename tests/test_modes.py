@@ -1,9 +1,13 @@
-"""Training modes (mathllm.modes): data without human traces, the Gumbel-softmax gradient (cached = uncached =
-parallel at full depth; it reaches the think tokens' embeddings; no think targets), schedules, every mode training
-a tiny model, exact resume, generation / evaluation / playground per mode, the experiment and benchmark scripts."""
+"""Training modes (mathllm.modes): data without human traces, a think budget that never depends on the answer, the
+Gumbel-softmax gradient (cached = uncached = parallel at full depth; it reaches the think tokens' embeddings; no
+think targets), schedules, every mode training a tiny model, exact resume, generation / evaluation / playground per
+mode, the experiment and benchmark scripts. (Finding modes by name and the base interface:
+tests/test_training_mode.py.)"""
 
 from __future__ import annotations
 
+import html
+import itertools
 import json
 import math
 from pathlib import Path
@@ -11,13 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from mathllm.checkpoints import TrainedModel, find_checkpoints, load_model, read_metadata, read_metrics
+from mathllm.data import format_example
 from mathllm.model import MathTransformer, ModelConfig
-from mathllm.modes import (THINK_ALPHABETS, ModeSettings, answer_only_text, gumbel_backward_parallel,
-                           gumbel_forward_parallel, gumbel_groups, gumbel_loss_sequential, gumbel_noise,
-                           gumbel_temperature, human_trace_length, internalize_removed, internalize_text,
-                           pause_text, remove_trace_tokens, sample_think, smoothing_offsets, split_text)
+from mathllm.modes import AnswerOnly, Gumbel, Internalize, Pause, get_mode
+from mathllm.modes.gumbel import (GumbelSettings, gumbel_backward_parallel, gumbel_forward_parallel, gumbel_groups,
+                                  gumbel_loss_sequential, gumbel_noise, gumbel_temperature, sample_think)
+from mathllm.modes.internalize import (InternalizeSettings, internalize_text, remove_trace_tokens, removed_at,
+                                       smoothing_offsets, trace_layout)
+from mathllm.modes.thinking import THINK_ALPHABETS, shape_budget, think_budget, token_probabilities
+from mathllm.text import split_text
 from mathllm.tokenizer import END_THINK_ID, LATENT_IDS, PAUSE_ID, THINK_ID, TOKENIZER
-from mathllm.train import ModeRunner, TrainConfig, find_checkpoints, read_metrics, train
+from mathllm.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>"
@@ -31,51 +40,110 @@ def tiny_config(data_dir: Path, output_dir: Path, **overrides) -> TrainConfig:
                 learning_rate=3e-3, warmup_steps=2, max_steps=6, logging_steps=2, eval_steps=6, save_steps=100,
                 eval_examples=16, wandb=False, progress=False, seed=3, evaluate_test=False)
     base.update(overrides)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)  # a mode's settings given flat: think_tokens="4"
+
+
+def think_length(completion: str) -> int:
+    """Tokens between <think> and </think>."""
+    ids = TOKENIZER.encode(completion)
+    return ids.index(END_THINK_ID) - ids.index(THINK_ID) - 1
 
 
 # --- texts and data ----------------------------------------------------------------------------------
 
 def test_each_mode_rewrites_a_line():
-    assert split_text(TEXT) == ("658+189=", "8+9=17 5+8+1=14 6+1+1=8", "847<end>")
-    assert answer_only_text(TEXT) == "658+189=847<end>"
-    assert pause_text(TEXT, ModeSettings("pause", "3")) == "658+189=<pause><pause><pause>847<end>"
-    assert pause_text(TEXT, ModeSettings("pause", "trace")) == "658+189=" + "<pause>" * 23 + "847<end>"
+    assert split_text(TEXT).think == "8+9=17 5+8+1=14 6+1+1=8"
+    assert get_mode("teacher").training_texts([TEXT]) == [TEXT]
+    assert get_mode("answer-only").training_texts([TEXT]) == ["658+189=847<end>"]
+    assert get_mode("pause", think_tokens="3").training_texts([TEXT]) == ["658+189=<pause><pause><pause>847<end>"]
+    # "shape": the longest trace of a 3-digit + 3-digit problem (999+999, 24 tokens), not this one's (23)
+    assert get_mode("pause").training_texts([TEXT]) == ["658+189=" + "<pause>" * 24 + "847<end>"]
+    assert get_mode("pause", think_tokens="0").training_texts([TEXT]) == ["658+189=847<end>"]
+    assert get_mode("gumbel").training_texts([TEXT]) == ["658+189=847<end>"]  # its think block is its own
     assert internalize_text(TEXT, 7) == "658+189=<think>5+8+1=14 6+1+1=8</think>847<end>"
     assert internalize_text(TEXT, 99) == "658+189=<think></think>847<end>"
     assert internalize_text("3+5=8<end>", 4) == "3+5=8<end>"
-    assert human_trace_length("658+189=") == 23 and human_trace_length("3+5=") == 0
+
+
+def test_the_shape_budget_is_the_longest_trace_of_the_prompts_shape():
+    assert think_budget("658+189=", "shape") == think_budget("100+100=", "shape") == 24
+    assert think_budget("3+5=", "shape") == 0 and think_budget("1+2+3=", "shape") == 8
+    assert think_budget("658+189=", "8") == 8 and think_budget("3+5=", "0") == 0
+    for lengths in [(1, 1), (2, 1), (1, 2), (2, 2), (1, 1, 1), (2, 1, 1)]:
+        longest = 0
+        for operands in itertools.product(*[range(10 ** (n - 1) if n > 1 else 0, 10**n) for n in lengths]):
+            think = split_text(format_example(list(operands))).think
+            longest = max(longest, len(TOKENIZER.tokenize(think)) if think else 0)
+        assert shape_budget(lengths) == longest, lengths
+
+
+def leading_pauses(completion: str) -> int:
+    """How many <pause> tokens a completion starts with (the forced ones; an untrained model may add more later)."""
+    ids = TOKENIZER.encode(completion) + [-1]
+    return next(i for i, t in enumerate(ids) if t != PAUSE_ID)
+
+
+PROMPTS_OF_ONE_SHAPE = ["1000+1000=", "9999+1001="]  # 0 carries (trace of 23 tokens) and 4 carries (33)
+
+
+def test_prompts_of_one_shape_get_the_same_number_of_pauses_whatever_their_carries():
+    """The think budget must not tell the model the answer: the human trace's length would give the carries."""
+    lines = [format_example([1000, 1000]), format_example([9999, 1001])]
+    assert [len(TOKENIZER.tokenize(split_text(t).think)) for t in lines] == [23, 33]  # what "trace" would give
+    texts = get_mode("pause").training_texts(lines)
+    assert [t.count("<pause>") for t in texts] == [33, 33]
+    torch.manual_seed(0)
+    model = MathTransformer.from_preset("tiny").eval()
+    completions = get_mode("pause").generate(model, PROMPTS_OF_ONE_SHAPE, max_new_tokens=2)
+    assert [leading_pauses(c) for c in completions] == [33, 33]
+
+
+@pytest.mark.parametrize("alphabet", ["digits", "latent"])
+def test_prompts_of_one_shape_get_think_blocks_of_one_length_whatever_their_carries(alphabet):
+    torch.manual_seed(0)
+    model = MathTransformer.from_preset("tiny").eval()
+    mode = get_mode("gumbel", think_alphabet=alphabet)
+    completions = mode.generate(model, PROMPTS_OF_ONE_SHAPE, max_new_tokens=2)
+    assert [think_length(c) for c in completions] == [33, 33]
+    assert [len(t) for t in mode.greedy_think(model, PROMPTS_OF_ONE_SHAPE)] == [33, 33]
+    data = gumbel_groups([format_example([1000, 1000]), format_example([9999, 1001])], mode.settings, 128)
+    # groups (prompt length, think budget, answer length): the answers differ ("2000<end>", "11000<end>"), K does not
+    assert list(data.groups) == [(10, 33, 5), (10, 33, 6)]
 
 
 @pytest.mark.parametrize("mode", ["answer-only", "pause"])
 def test_answer_only_and_pause_data_hold_no_human_trace(tiny_dataset, mode):
-    cfg = tiny_config(tiny_dataset, "unused", mode=mode, think_tokens="4")
+    cfg = tiny_config(tiny_dataset, "unused", mode=mode, **({"think_tokens": "4"} if mode == "pause" else {}))
     texts = [json.loads(line)["text"] for line in (tiny_dataset / "train.jsonl").read_text().splitlines()]
-    runner = ModeRunner(cfg, texts, texts[:50])
+    data = cfg.training_mode().training_data(texts, cfg)
     seen = set()
-    for length, ids in runner.data.groups.items():
+    for length, ids in data.groups.items():
         assert not ((ids == THINK_ID) | (ids == END_THINK_ID)).any()
-        mask = runner.data.loss_masks[length]
+        mask = data.loss_masks[length]
         assert not (mask & (ids[:, 1:] == PAUSE_ID)).any()  # pauses are given, never targets
         for row in ids:
             seen.add(TOKENIZER.decode(row))
-    expected = {split_text(t)[0] + ("<pause>" * 4 if mode == "pause" else "") + split_text(t)[2] for t in texts}
+    expected = {split_text(t).prompt + ("<pause>" * 4 if mode == "pause" else "") + split_text(t).answer
+                for t in texts}
     assert seen == expected
 
 
 def test_gumbel_rows_are_prompt_and_answer_only():
     texts = [TEXT, "12+34=<think>2+4=6 1+3=4</think>46<end>", "13+34=<think>3+4=7 1+3=4</think>47<end>"]
-    data = gumbel_groups(texts, ModeSettings("gumbel", "trace"), 128)
-    assert set(data.groups) == {(8, 23, 4), (6, 11, 3)}
-    assert [TOKENIZER.decode(r) for r in data.groups[(6, 11, 3)]] == ["12+34=46<end>", "13+34=47<end>"]
-    fixed = gumbel_groups(texts, ModeSettings("gumbel", "5"), 128)
+    data = gumbel_groups(texts, GumbelSettings(), 128)  # "shape": 24 think tokens for 3+3 digits, 15 for 2+2
+    assert set(data.groups) == {(8, 24, 4), (6, 15, 3)}
+    assert [TOKENIZER.decode(r) for r in data.groups[(6, 15, 3)]] == ["12+34=46<end>", "13+34=47<end>"]
+    fixed = gumbel_groups(texts, GumbelSettings(think_tokens="5"), 128)
     assert set(fixed.groups) == {(8, 5, 4), (6, 5, 3)}
+    with pytest.raises(ValueError, match=r"example 1: prompt \+ 24 think tokens \+ answer is longer than"):
+        gumbel_groups(texts, GumbelSettings(), 30)
 
 
 def test_removing_trace_tokens_pads_on_the_right_and_masks_the_padding():
     a = "12+34=<think>2+4=6 1+3=4</think>46<end>"  # trace of 11 tokens
     b = "1+2+3=<think>1+2+3=6</think>666666<end>"  # trace of 7, same total length (not a true sum: no matter)
     ids = torch.tensor([TOKENIZER.encode(a), TOKENIZER.encode(b)])
+    assert [x.tolist() for x in trace_layout(ids)] == [[6, 6], [11, 7]]
     out, mask = remove_trace_tokens(ids, torch.tensor([9, 9]))
     assert TOKENIZER.decode(out[0]) == "12+34=<think>=4</think>46<end>" == internalize_text(a, 9)
     assert TOKENIZER.decode(out[1]) == "1+2+3=<think></think>666666<end>" == internalize_text(b, 9)
@@ -85,28 +153,52 @@ def test_removing_trace_tokens_pads_on_the_right_and_masks_the_padding():
 
 
 def test_schedules_are_pure_functions_of_the_step():
-    cfg = TrainConfig(mode="internalize", internalize_start=0.2, internalize_end=0.6)
-    removed = [internalize_removed(cfg, s, 100, 20) for s in range(100)]
+    settings = InternalizeSettings(internalize_start=0.2, internalize_end=0.6)
+    removed = [removed_at(settings, s, 100, 20) for s in range(100)]
     assert removed[0] == removed[20] == 0 and removed[60] == removed[99] == 20
     assert all(a <= b for a, b in zip(removed, removed[1:])) and removed[40] == 10
-    staged = TrainConfig(mode="internalize", internalize_end=1.0, internalize_stages=4)
-    assert sorted({internalize_removed(staged, s, 100, 20) for s in range(100)}) == [0, 5, 10, 15]
-    smooth = TrainConfig(mode="internalize", internalize_smoothing=1.0, seed=5)
-    assert torch.equal(smoothing_offsets(smooth, 7, 50, 10), smoothing_offsets(smooth, 7, 50, 10))
-    assert smoothing_offsets(smooth, 7, 2000, 10).float().mean() < 1.0  # P(o) ∝ exp(-o)
-    anneal = TrainConfig(mode="gumbel", gumbel_temperature=2.0, gumbel_temperature_end=0.5)
+    staged = InternalizeSettings(internalize_end=1.0, internalize_stages=4)
+    assert sorted({removed_at(staged, s, 100, 20) for s in range(100)}) == [0, 5, 10, 15]
+    assert removed_at(staged, 50, 100, 0) == 0  # nothing to remove
+    smooth = InternalizeSettings(internalize_smoothing=1.0)
+    assert torch.equal(smoothing_offsets(smooth, 5, 7, 50, 10), smoothing_offsets(smooth, 5, 7, 50, 10))
+    assert not torch.equal(smoothing_offsets(smooth, 5, 7, 50, 10), smoothing_offsets(smooth, 5, 8, 50, 10))
+    assert smoothing_offsets(smooth, 5, 7, 2000, 10).float().mean() < 1.0  # P(o) ∝ exp(-o)
+    assert smoothing_offsets(smooth, 5, 7, 2000, 10).max() <= 10
+    assert not smoothing_offsets(InternalizeSettings(), 5, 7, 50, 10).any()  # off by default
+    anneal = GumbelSettings(gumbel_temperature=2.0, gumbel_temperature_end=0.5)
     assert gumbel_temperature(anneal, 0, 11) == 2.0 and gumbel_temperature(anneal, 10, 11) == pytest.approx(0.5)
     assert gumbel_temperature(anneal, 5, 11) == pytest.approx(1.0)  # exponential: geometric mean half-way
+    linear = GumbelSettings(gumbel_temperature=2.0, gumbel_temperature_end=0.5, gumbel_anneal="linear")
+    assert gumbel_temperature(linear, 5, 11) == pytest.approx(1.25)
+    assert gumbel_temperature(GumbelSettings(gumbel_temperature=1.5), 7, 11) == 1.5
 
 
-def test_bad_mode_settings_fail_clearly():
-    with pytest.raises(ValueError, match="unknown --mode 'bogus'"):
-        TrainConfig(mode="bogus")
-    with pytest.raises(ValueError, match="think-tokens"):
-        TrainConfig(mode="gumbel", think_tokens="lots")
-    with pytest.raises(ValueError, match="--use-gumbel contradicts --mode pause"):
-        TrainConfig(mode="pause", use_gumbel=True)
-    assert TrainConfig(use_gumbel=True).to_dict() == TrainConfig(mode="gumbel").to_dict()  # the seed's alias
+def test_the_internalize_mode_removes_more_as_training_goes_on():
+    mode = get_mode("internalize", internalize_end=0.5, internalize_stages=2, internalize_reset_optimizer=True)
+    cfg = TrainConfig(mode="internalize", max_length=64)
+    texts = [TEXT, "12+34=<think>2+4=6 1+3=4</think>46<end>"]
+    mode.setup(cfg, mode.training_data(texts, cfg), total_steps=100)
+    assert mode.max_trace == 23
+    assert [mode.removed(s) for s in (0, 24, 25, 49, 50, 99)] == [0, 0, 11, 11, 23, 23]
+    assert [s for s in range(1, 100) if mode.stage_changed(s)] == [25, 50]  # fresh AdamW moments then
+    assert mode.validation_texts(texts, 0) == texts
+    assert mode.validation_texts(texts, 30)[1] == internalize_text(texts[1], 11)
+    assert mode.scoring_texts(texts, ["", ""]) == ([internalize_text(t, 99) for t in texts], False)
+    assert not get_mode("internalize").stage_changed(50)  # only with internalize_reset_optimizer
+
+
+def test_what_each_mode_scores_when_evaluated():
+    texts = [TEXT]
+    assert get_mode("answer-only").scoring_texts(texts, ["847<end>"]) == (["658+189=847<end>"], False)
+    assert get_mode("pause", think_tokens="2").scoring_texts(texts, ["x"]) == (
+        ["658+189=<pause><pause>847<end>"], True)
+    own = "<think><z1><z2></think>846<end>"  # the true answer after the model's own think block
+    assert get_mode("gumbel").scoring_texts(texts, [own]) == (["658+189=<think><z1><z2></think>847<end>"], True)
+    assert get_mode("gumbel").scoring_texts(texts, ["847<end>"]) == (["658+189=847<end>"], True)
+    for cls in (AnswerOnly, Pause, Gumbel):
+        assert not cls.writes_human_trace and cls.note
+    assert Internalize.writes_human_trace and Gumbel.writes_own_thoughts and not Pause.writes_own_thoughts
 
 
 # --- the Gumbel-softmax step ------------------------------------------------------------------------------
@@ -199,9 +291,43 @@ def test_no_gradient_comes_from_think_token_targets():
 
 def test_gumbel_loss_ignores_what_the_human_trace_says():
     a = "12+34=<think>2+4=6 1+3=4</think>46<end>"
-    b = "12+34=<think>9+9=9 9+9=9</think>46<end>"  # a wrong trace of the same length
-    settings = ModeSettings("gumbel", "trace")
-    assert torch.equal(gumbel_groups([a], settings, 64).groups[(6, 11, 3)], gumbel_groups([b], settings, 64).groups[(6, 11, 3)])
+    b = "12+34=<think>9+9=9 9+9=9 9+9+9=9</think>46<end>"  # a wrong trace, of another length
+    settings = GumbelSettings()
+    assert list(gumbel_groups([b], settings, 64).groups) == [(6, 15, 3)]
+    assert torch.equal(gumbel_groups([a], settings, 64).groups[(6, 15, 3)],
+                       gumbel_groups([b], settings, 64).groups[(6, 15, 3)])
+
+
+def test_greedy_and_sampled_think_tokens_of_a_gumbel_model():
+    torch.manual_seed(0)
+    model = MathTransformer.from_preset("tiny").eval()
+    mode = get_mode("gumbel", think_tokens="4", think_alphabet="latent")
+    prompts = ["12+34=", "658+189=", "3+5="]
+    greedy = mode.greedy_think(model, prompts)
+    completions = mode.generate(model, prompts, max_new_tokens=3)
+    assert [TOKENIZER.encode(c)[1:5] for c in completions] == greedy
+    assert all(len(t) == 4 and set(t) <= set(LATENT_IDS) for t in greedy)
+
+    def sampled(seed):
+        return mode.sampled_think(model, prompts, 1.0, torch.Generator().manual_seed(seed))
+
+    assert sampled(1) == sampled(1) and sampled(1) != sampled(2)
+    assert all(len(t) == 4 and set(t) <= set(LATENT_IDS) for t in sampled(3))
+    hot = mode.generate(model, prompts, max_new_tokens=3, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert [TOKENIZER.encode(c)[1:5] for c in hot] == sampled(1)
+
+
+def test_forced_tokens_get_their_probabilities_from_one_teacher_forced_pass():
+    torch.manual_seed(0)
+    model = MathTransformer.from_preset("tiny").eval()
+    (gen,) = get_mode("pause", think_tokens="2").generate(model, ["12+34="], max_new_tokens=3, return_probs=True)
+    assert gen.text.startswith("<pause><pause>") and len(gen.probs) == len(gen.token_ids) == len(gen.tokens)
+    ids = TOKENIZER.encode("12+34=")
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([ids + gen.token_ids]))[0, len(ids) - 1 : -1], -1)
+    expected = probs.gather(1, torch.tensor(gen.token_ids)[:, None]).squeeze(1)
+    torch.testing.assert_close(torch.tensor(gen.probs), expected, rtol=1e-4, atol=1e-6)
+    assert token_probabilities(model, ["12+34="], [gen.text]) == [pytest.approx(gen.probs)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -231,7 +357,7 @@ MODE_RUNS = {
     "gumbel": {"think_tokens": "4"},
     "gumbel-latent-sequential": {"mode": "gumbel", "think_alphabet": "latent", "think_tokens": "3",
                                  "gumbel_backward": "sequential", "entropy_weight": 0.01},
-    "gumbel-trace-mixed": {"mode": "gumbel", "mix_teacher": 0.5, "gumbel_temperature_end": 0.3},
+    "gumbel-shape-mixed": {"mode": "gumbel", "mix_teacher": 0.5, "gumbel_temperature_end": 0.3},
     "internalize": {"internalize_smoothing": 4.0, "internalize_reset_optimizer": True, "internalize_end": 0.5},
 }
 
@@ -244,12 +370,12 @@ def test_each_mode_trains_a_tiny_model_with_finite_loss(tiny_dataset, tmp_path, 
     losses = [m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     record = json.loads((tmp_path / name / "training_config.json").read_text())
-    assert record["config"]["mode"] == settings["mode"]
+    assert record["config"]["mode"] == settings["mode"] and record["mode"]["mode"] == settings["mode"]
+    own = {k: v for k, v in settings.items() if k not in ("mode", "mix_teacher")}
+    assert record["config"]["mode_settings"] == own and own.items() <= record["mode"].items()
     assert result.test_results["mode"] == settings["mode"] and 0 <= result.test_results["exact_match"] <= 1
     assert (result.test_results["think_exact"] is None) == (settings["mode"] not in ("teacher", "internalize"))
-    from mathllm.modes import read_mode_metadata
-
-    assert read_mode_metadata(tmp_path / name)["mode"] == settings["mode"]
+    assert json.loads(read_metadata(tmp_path / name)["mathllm_mode"]) == record["mode"]
 
 
 @pytest.mark.parametrize("settings", [
@@ -268,18 +394,18 @@ def test_interrupted_mode_runs_resume_to_the_same_weights(tiny_dataset, tmp_path
     assert train(cfg, on_log=stop_at_4, console_log=False).interrupted
     assert [s for s, _ in find_checkpoints(tmp_path / "resumed")] == [4]
     train(cfg, console_log=False)
-    a = MathTransformer.from_pretrained(tmp_path / "straight").state_dict()
-    b = MathTransformer.from_pretrained(tmp_path / "resumed").state_dict()
+    a = load_model(tmp_path / "straight").state_dict()
+    b = load_model(tmp_path / "resumed").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_warm_start_loads_the_weights(tiny_dataset, tmp_path):
     train(tiny_config(tiny_dataset, tmp_path / "teacher", max_steps=2), console_log=False)
     train(tiny_config(tiny_dataset, tmp_path / "warm", mode="gumbel", think_tokens="2", max_steps=2,
-                      learning_rate=0.0, init_from=str(tmp_path / "teacher")), console_log=False)
-    a = MathTransformer.from_pretrained(tmp_path / "teacher").state_dict()
-    b = MathTransformer.from_pretrained(tmp_path / "warm").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+                      learning_rate=1e-12, init_from=str(tmp_path / "teacher")), console_log=False)
+    a = load_model(tmp_path / "teacher").state_dict()
+    b = load_model(tmp_path / "warm").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
     with pytest.raises(ValueError, match="d_model"):
         train(tiny_config(tiny_dataset, tmp_path / "bad", model_size="mini", init_from=str(tmp_path / "teacher")),
               console_log=False)
@@ -287,62 +413,50 @@ def test_warm_start_loads_the_weights(tiny_dataset, tmp_path):
 
 # --- generation, evaluation and the playground in each mode -----------------------------------------------------
 
-def model_of_mode(**config) -> MathTransformer:
+def model_of_mode(name: str, **settings) -> TrainedModel:
     torch.manual_seed(0)
-    model = MathTransformer.from_preset("tiny")
-    model.training_meta = {"config": config}
-    return model.eval()
+    return TrainedModel(MathTransformer.from_preset("tiny").eval(), get_mode(name, **settings), None)
 
 
 def test_a_gumbel_model_writes_its_own_trace_from_its_alphabet():
-    from mathllm.modes import generate_for_mode
-
-    model = model_of_mode(mode="gumbel", think_tokens="trace", think_alphabet="latent")
-    out = generate_for_mode(model, ["658+189=", "3+5=", "12+34="], max_new_tokens=5)
-    for prompt, completion in zip(["658+189=", "3+5=", "12+34="], out):
+    trained = model_of_mode("gumbel", think_alphabet="latent")  # think_tokens "shape"
+    prompts = ["658+189=", "3+5=", "12+34="]
+    out = trained.generate(prompts, max_new_tokens=5)
+    for prompt, completion in zip(prompts, out):
         ids = TOKENIZER.encode(completion)
-        assert ids[0] == THINK_ID and ids[1 + human_trace_length(prompt)] == END_THINK_ID
-        assert set(ids[1 : 1 + human_trace_length(prompt)]) <= set(LATENT_IDS)
+        k = think_budget(prompt, "shape")
+        assert ids[0] == THINK_ID and ids[1 + k] == END_THINK_ID
+        assert set(ids[1 : 1 + k]) <= set(LATENT_IDS)
+    assert [think_length(c) for c in out] == [24, 0, 15]
 
 
 def test_a_pause_model_is_given_its_pauses():
-    from mathllm.modes import generate_for_mode
-
-    model = model_of_mode(mode="pause", think_tokens="4")
-    (completion,) = generate_for_mode(model, ["12+34="], max_new_tokens=3)
+    trained = model_of_mode("pause", think_tokens="4")
+    (completion,) = trained.generate(["12+34="], max_new_tokens=3)
     assert completion.startswith("<pause>" * 4) and not completion.startswith("<pause>" * 5)
+    assert trained.mode.ignore_target_ids() == (PAUSE_ID,)
 
 
 def test_evaluation_and_playground_handle_every_mode(tiny_dataset):
     from mathllm.data import load_split
     from mathllm.evaluate import evaluate_examples
     from mathllm.playground import run_expression
+    from mathllm.widgets import result_html
 
     examples = load_split(tiny_dataset / "test.jsonl")[:20]
-    for config in ({"mode": "answer-only"}, {"mode": "pause", "think_tokens": "trace"},
-                   {"mode": "gumbel", "think_tokens": "3", "think_alphabet": "digits"}, {"mode": "internalize"}):
-        model = model_of_mode(**config)
-        res = evaluate_examples(model, examples)
-        assert res["mode"] == config["mode"] and res["num_examples"] == 20 and 0 <= res["token_accuracy"] <= 1
-        played = run_expression(model, "12+34")
-        assert played.mode == config["mode"] and len(played.tokens) == len(played.token_probs)
-        if config["mode"] == "gumbel":
+    for name, settings in (("answer-only", {}), ("pause", {}), ("gumbel", {"think_tokens": "3"}),
+                           ("internalize", {})):
+        trained = model_of_mode(name, **settings)
+        res = evaluate_examples(trained, examples)
+        assert res["mode"] == name and res["num_examples"] == 20 and 0 <= res["token_accuracy"] <= 1
+        played = run_expression(trained, "12+34")
+        assert played.mode == name and len(played.tokens) == len(played.token_probs)
+        assert played.mode_note == trained.mode.note and html.escape(trained.mode.note) in result_html(played)
+        if name == "gumbel":
             assert played.completion.startswith("<think>") and len(TOKENIZER.encode(played.completion)) >= 5
-            from mathllm.widgets import result_html
-
-            assert "the think tokens are the model's own" in result_html(played)
-
-
-def test_a_lone_safetensors_file_still_names_its_mode(tiny_dataset, tmp_path):
-    from mathllm.evaluate import load_model
-    from mathllm.modes import mode_settings
-
-    train(tiny_config(tiny_dataset, tmp_path / "run", mode="pause", think_tokens="2", max_steps=2), console_log=False)
-    lone = tmp_path / "lone"
-    lone.mkdir()
-    for name in ("model.safetensors", "config.json"):
-        (lone / name).write_bytes((tmp_path / "run" / name).read_bytes())
-    assert mode_settings(load_model(lone, device="cpu")) == ModeSettings("pause", "2", "digits")
+            assert html.escape("the think tokens are the model's own") in result_html(played)
+        if name == "pause":
+            assert leading_pauses(played.completion) >= 15  # "shape" of 12+34: 15 (the model may add more)
 
 
 # --- command lines -------------------------------------------------------------------------------------------
@@ -366,11 +480,14 @@ def test_train_cli_use_gumbel_is_the_gumbel_mode(tiny_dataset, tmp_path, capsys)
                       "100", "--no-evaluate-test", "--use-gumbel", "--gumbel-temperature", "0.5", "--think-tokens", "2",
                       "--no-progress") == 0
     config = json.loads((out / "training_config.json").read_text())["config"]
-    assert config["mode"] == "gumbel" and config["gumbel_temperature"] == 0.5 and config["think_tokens"] == "2"
+    assert config["mode"] == "gumbel" and config["mode_settings"] == {"gumbel_temperature": 0.5, "think_tokens": "2"}
     capsys.readouterr()
     assert run_script("train", "--mode", "bogus", "--data-dir", str(tiny_dataset)) == 2
     err = capsys.readouterr().err
-    assert "unknown --mode 'bogus'" in err and "Traceback" not in err
+    assert "unknown mode 'bogus'" in err and "Traceback" not in err
+    assert run_script("train", "--mode", "pause", "--think-tokens", "trace", "--data-dir", str(tiny_dataset)) == 2
+    err = capsys.readouterr().err
+    assert "retired" in err and "'shape'" in err
 
 
 def test_modes_experiment_writes_one_summary(tiny_dataset, tmp_path, capsys):

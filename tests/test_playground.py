@@ -1,7 +1,10 @@
 """Playground logic shared by scripts/interactive.py and the notebook widget: parsing, completing, checking."""
 
 import pytest
-from mathllm.playground import ExpressionError, parse_expression, run_expression
+
+from mathllm.checkpoints import TrainedModel
+from mathllm.playground import ExpressionError, parse_expression, run_expression, training_limits
+from mathllm.training_mode import get_mode
 from model_doubles import ScriptedModel
 
 
@@ -59,3 +62,29 @@ def test_partial_input_is_completed_by_the_model_and_checked():
     result = run_expression(ScriptedModel("3=10<end>"), "7+")
     assert result.full_text == "7+3=10<end>"
     assert (result.operands, result.model_answer, result.true_answer, result.correct) == ([7, 3], 10, 10, True)
+
+
+def test_a_teacher_forcing_result_names_its_mode_without_a_note():
+    result = run_expression(ScriptedModel("<think>2+4=6 1+3=4</think>46<end>"), "12+34")
+    assert result.mode == "teacher" and result.mode_note is None
+
+
+def test_the_limits_of_a_trained_models_data_become_warnings():
+    record = {"data_meta": {"arguments": {"max_digits": 2, "max_operands": 2, "seed": 1}}}
+    trained = TrainedModel(ScriptedModel("<think>4+5=9 3+0=3 2+0=2 1+0=1</think>1239<end>"), get_mode(), record)
+    assert training_limits(trained) == (2, 2)
+    assert training_limits(trained.model) == (None, None)  # a bare model has no record
+    assert training_limits(TrainedModel(trained.model, get_mode(), None)) == (None, None)
+    result = run_expression(trained, "1234+5")
+    assert result.correct and any("at most 2 digits" in w for w in result.warnings)
+
+
+def test_a_model_is_run_in_its_mode_and_the_result_says_so():
+    trained = TrainedModel(ScriptedModel("46<end>"), get_mode("pause", think_tokens="2"), None)
+    result = run_expression(trained, "12+34")
+    assert result.completion == "<pause><pause>46<end>" and result.full_text == "12+34=<pause><pause>46<end>"
+    assert (result.model_answer, result.correct, result.think_steps) == (46, True, [])
+    assert result.mode == "pause" and result.mode_note == get_mode("pause").note
+    assert result.tokens == ["<pause>", "<pause>", "4", "6", "<end>"] and len(result.token_probs) == 5
+    bare = run_expression(ScriptedModel("46<end>"), "12+34", mode=get_mode("pause", think_tokens="2"))
+    assert bare.completion == result.completion and bare.mode == "pause"

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from mathllm.evaluate import dataset_for_checkpoint, evaluate_examples, load_model
+from mathllm.checkpoints import dataset_for_checkpoint, load
+from mathllm.evaluate import evaluate_examples
+from mathllm.tokenizer import TOKENIZER
 from mathllm.utils import SHIPPED_CHECKPOINT
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "model.safetensors").is_file(),
@@ -23,31 +25,34 @@ def test_shipped_checkpoint_has_its_run_record():
 
 
 def test_shipped_checkpoint_is_accurate_on_a_fixed_test_set():
-    model = load_model(SHIPPED_CHECKPOINT, device="cpu")
+    trained = load(SHIPPED_CHECKPOINT, device="cpu")
+    assert trained.mode.name == "teacher"
     test = list(dataset_for_checkpoint(SHIPPED_CHECKPOINT)["test"])[:1000]  # regenerated: same seed, same data
-    results = evaluate_examples(model, test, batch_size=250)
-    assert results["num_examples"] == 1000
+    results = evaluate_examples(trained, test, batch_size=250)
+    assert results["num_examples"] == 1000 and results["mode"] == "teacher"
     assert results["exact_match"] >= 0.99, results["failures"][:3]
 
 
 FREE_THINKER = SHIPPED_CHECKPOINT.parent / "free_gumbel_add4"
 
 
+@pytest.mark.skip(reason="free_gumbel_add4 is retrained with the 'shape' budget (issue 16)")
 def test_shipped_free_thinker_records_its_mode_and_writes_its_own_trace():
-    """Notebook 08's gumbel model: its mode is recorded, and it writes K think tokens of its alphabet itself."""
-    from mathllm.modes import generate_for_mode, mode_settings
+    """Notebook 08's gumbel model: its mode is recorded, and it writes K think tokens of its alphabet itself,
+    K the think budget of the prompt's shape (never the human trace's length, which tells the carries)."""
+    from mathllm.modes.thinking import think_budget
 
     record = json.loads((FREE_THINKER / "training_config.json").read_text())["config"]
-    assert record["mode"] == "gumbel" and record["think_tokens"] == "trace"
-    model = load_model(FREE_THINKER, device="cpu")
-    settings = mode_settings(model)
-    assert settings.mode == "gumbel"
+    assert record["mode"] == "gumbel" and record["mode_settings"].get("think_tokens", "shape") == "shape"
+    trained = load(FREE_THINKER, device="cpu")
+    assert trained.mode.name == "gumbel" and trained.mode.settings.think_tokens == "shape"
     test = list(dataset_for_checkpoint(FREE_THINKER)["test"])[:200]
-    completions = generate_for_mode(model, [ex["prompt"] for ex in test], settings, max_new_tokens=48)
+    completions = trained.generate([ex["prompt"] for ex in test], max_new_tokens=48)
     for ex, completion in zip(test, completions):
         assert completion.startswith("<think>") and "</think>" in completion, completion
         think = completion[len("<think>"): completion.index("</think>")]
         assert set(think) <= set("0123456789+= "), think
-    results = evaluate_examples(model, test, batch_size=200)
+        assert len(TOKENIZER.tokenize(think)) == think_budget(ex["prompt"], "shape")
+    results = evaluate_examples(trained, test, batch_size=200)
     recorded = json.loads((FREE_THINKER / "test_results.json").read_text())["exact_match"]
     assert abs(results["exact_match"] - recorded) < 0.1  # 200 of the same test split vs all 10,000

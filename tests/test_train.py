@@ -1,4 +1,5 @@
-"""Trainer: completion-only loss, zero padding, schedule, outputs, exact resume, interrupts, W&B fallback."""
+"""Trainer: the config and its checks, experiment files, schedule, teacher mixing, outputs, exact resume,
+interrupts, W&B fallback. (Batches and the loss: tests/test_batches.py; checkpoint files: tests/test_checkpoints.py.)"""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mathllm.model import MathTransformer
-from mathllm.tokenizer import PAD_ID, TOKENIZER
-from mathllm.train import (LengthGroupedData, TrainConfig, completion_loss, find_checkpoints, lr_lambda_for,
-                           read_metrics, train)
+from mathllm.checkpoints import find_checkpoints, load_model, read_metrics
+from mathllm.train import (TrainConfig, Trainer, check_resumable, config_from_file, is_teacher_step, lr_lambda_for,
+                           read_config_file, teacher_fraction, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,53 +27,99 @@ def tiny_config(data_dir: Path, output_dir: Path, **overrides) -> TrainConfig:
                 learning_rate=3e-3, warmup_steps=5, max_steps=20, logging_steps=5, eval_steps=10,
                 save_steps=10, eval_examples=32, wandb=False, progress=False, seed=3, evaluate_test=False)
     base.update(overrides)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)  # a mode's settings may be given flat: think_tokens="4"
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return MathTransformer.from_pretrained(path).state_dict()
+    return load_model(path).state_dict()
 
 
-# --- data and loss -------------------------------------------------------------------------------
+# --- the config ----------------------------------------------------------------------------------
 
-def test_loss_mask_covers_exactly_the_completion():
-    text = "12+34=<think>2+4=6 1+3=4</think>46<end>"
-    data = LengthGroupedData.from_texts([text], max_length=128)
-    (length, ids), = data.groups.items()
-    mask = data.loss_masks[length][0]
-    targets = TOKENIZER.str_tokens(ids[0, 1:])
-    masked_targets = [t for t, m in zip(targets, mask.tolist()) if m]
-    assert "".join(masked_targets) == "<think>2+4=6 1+3=4</think>46<end>"
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 0}, "--batch-size must be a positive integer"),
+    ({"batch_size": 2.5}, "--batch-size must be a positive integer"),
+    ({"eval_batch_size": 0}, "--eval-batch-size must be a positive integer"),
+    ({"logging_steps": 0}, "--logging-steps must be a positive integer"),
+    ({"eval_steps": 0}, "--eval-steps must be a positive integer"),
+    ({"save_steps": 0}, "--save-steps must be a positive integer"),
+    ({"num_epochs": 0}, "--num-epochs must be a positive integer"),
+    ({"max_steps": 0}, "--max-steps must be >= 1"),
+    ({"eval_examples": -1}, "--eval-examples must be >= 0"),
+    ({"save_total_limit": -1}, "--save-total-limit must be >= 0"),
+    ({"warmup_steps": -1}, "--warmup-steps must be >= 0"),
+    ({"max_length": 1}, "--max-length must be in 2.."),
+    ({"learning_rate": 0.0}, "--learning-rate must be positive"),
+    ({"learning_rate": float("nan")}, "--learning-rate must be positive"),
+    ({"min_lr_ratio": 1.5}, r"--min-lr-ratio must be in \[0, 1\]"),
+    ({"max_grad_norm": 0.0}, "--max-grad-norm must be positive"),
+    ({"weight_decay": -0.1}, "--weight-decay must be >= 0"),
+    ({"threads": 0}, "--threads must be >= 1"),
+    ({"operand_balance": -1.0}, "--operand-balance must be >= 0"),
+    ({"prompt_loss_weight": -1.0}, "--prompt-loss-weight must be >= 0"),
+    ({"mix_teacher": 1.5, "mode": "gumbel"}, r"--mix-teacher must be in \[0, 1\]"),
+    ({"mix_teacher_end": -0.1, "mode": "gumbel"}, r"--mix-teacher-end must be in \[0, 1\]"),
+    ({"mix_teacher": 0.5}, "it means nothing with --mode teacher"),
+    ({"mode": "gumbel", "prompt_loss_weight": 0.1}, "the gumbel mode scores the answer"),
+    ({"mode": "bogus"}, "unknown mode 'bogus'"),
+    ({"mode": "pause", "mode_settings": {"think_tokens": "lots"}}, "think-tokens"),
+    ({"mode": "pause", "mode_settings": {"think_tokens": "trace"}}, "retired"),
+    ({"mode": "teacher", "mode_settings": {"think_tokens": "4"}}, "mode 'teacher' has no setting think_tokens"),
+])
+def test_bad_settings_are_refused_when_the_config_is_made(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
 
 
-def test_batches_hold_no_padding_and_cover_every_example_once():
-    texts = ["1+2=3<end>", "10+20=30<end>", "3+4=7<end>", "12+34=<think>2+4=6 1+3=4</think>46<end>", "5+5=10<end>"]
-    data = LengthGroupedData.from_texts(texts, max_length=64)
-    seen = []
-    for length, index in data.epoch_batches(batch_size=2, epoch=0, seed=0):
-        batch = data.groups[length][index]
-        assert (batch != PAD_ID).all()
-        seen.extend(TOKENIZER.decode(row) for row in batch)
-    assert sorted(seen) == sorted(texts)
+def test_mode_settings_live_in_their_own_dict_and_may_be_given_flat():
+    cfg = TrainConfig(mode="gumbel", mode_settings={"think_tokens": "8"}, batch_size=4)
+    assert cfg.training_mode().to_dict()["think_tokens"] == "8" and cfg.training_mode().name == "gumbel"
+    assert TrainConfig.from_dict({"mode": "gumbel", "think_tokens": "8", "batch_size": 4}) == cfg
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the record round-trips
+    assert "think_tokens" not in cfg.to_dict() and "use_gumbel" not in cfg.to_dict()
+    assert TrainConfig.from_dict({"use_gumbel": True}).mode == "gumbel"  # the seed's flag, in old records
+    with pytest.raises(ValueError, match=r"unknown training config fields: \['think_tokens'\].*--mode teacher"):
+        TrainConfig.from_dict({"think_tokens": "8"})
+    with pytest.raises(ValueError, match=r"unknown training config fields: \['bogus'\]"):
+        TrainConfig.from_dict({"mode": "pause", "bogus": 1})
+    assert not TrainConfig().mixes_teacher and TrainConfig(mode="pause", mix_teacher_end=0.2).mixes_teacher
 
 
-def test_operand_balance_repeats_rare_operand_counts():
-    two = [f"{a}+{b}=<think>{a}+{b}={a + b}</think>{a + b}<end>" for a, b in [(1, 2), (3, 4)]]
-    three = [f"{a}+{b}+{c}={a + b + c}<end>" for a, b, c in
-             [(1, 1, 1), (1, 2, 3), (2, 2, 2), (3, 1, 2), (1, 1, 4), (2, 1, 1), (1, 3, 1), (2, 3, 1)]]
+def test_an_experiment_file_is_a_config_that_flags_override(tmp_path):
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"//": "a comment", "data": {"num_examples": 10, "max_digits": 1},
+                                "mode": "pause", "think_tokens": "3", "batch_size": 4, "seed": 9}))
+    cfg = config_from_file(path, batch_size=8)
+    assert (cfg.batch_size, cfg.seed, cfg.mode, cfg.mode_settings) == (8, 9, "pause", {"think_tokens": "3"})
+    assert read_config_file(path)["data"] == {"num_examples": 10, "max_digits": 1}
+    (tmp_path / "bad.json").write_text('{"batch_size": 4,\n "seed": }')
+    with pytest.raises(ValueError, match=r"bad.json:2:10: not valid JSON"):
+        config_from_file(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object of settings, got list"):
+        config_from_file(tmp_path / "list.json")
+    (tmp_path / "typo.json").write_text('{"batch_sise": 4}')
+    with pytest.raises(ValueError, match="batch_sise"):
+        config_from_file(tmp_path / "typo.json")
+    with pytest.raises(FileNotFoundError, match="no config file"):
+        config_from_file(tmp_path / "nowhere.json")
 
-    def operand_counts(balance: float) -> dict[int, int]:
-        data = LengthGroupedData.from_texts(two + three, max_length=64, operand_balance=balance)
-        counts = {2: 0, 3: 0}
-        for length, index in data.epoch_batches(batch_size=3, epoch=0, seed=0):
-            for row in data.groups[length][index]:
-                counts[TOKENIZER.decode(row).split("=")[0].count("+") + 1] += 1
-        return counts
 
-    assert operand_counts(0.0) == {2: 2, 3: 8}  # as generated: every example once
-    assert operand_counts(1.0) == {2: 8, 3: 8}  # 4x fewer two-operand problems, each repeated 4 times
-    assert operand_counts(0.5) == {2: 4, 3: 8}  # sqrt(4) = 2 repeats
+def test_the_shipped_experiment_files_are_valid_configs():
+    """Every configs/*.json reads as a TrainConfig, and its data section holds arguments of generate_dataset."""
+    import inspect
 
+    from mathllm.data import generate_dataset
+
+    known = set(inspect.signature(generate_dataset).parameters)
+    paths = sorted((ROOT / "configs").glob("*.json"))
+    assert paths
+    for path in paths:
+        assert isinstance(config_from_file(path), TrainConfig)
+        assert set(read_config_file(path).get("data", {})) <= known, path
+
+
+# --- schedules -----------------------------------------------------------------------------------
 
 def test_shape_overrides_reach_the_model(tmp_path):
     from mathllm.data import generate_dataset, write_dataset
@@ -81,58 +127,8 @@ def test_shape_overrides_reach_the_model(tmp_path):
     write_dataset(generate_dataset(num_examples=300, max_digits=2, seed=1), tmp_path / "data")
     cfg = tiny_config(tmp_path / "data", tmp_path / "run", max_steps=2, n_heads=8, d_mlp=128, save_steps=100)
     train(cfg, console_log=False)
-    model = MathTransformer.from_pretrained(tmp_path / "run")
+    model = load_model(tmp_path / "run")
     assert (model.cfg.n_heads, model.cfg.d_mlp, model.cfg.d_model, model.cfg.n_layers) == (8, 128, 64, 2)
-
-
-def test_epoch_order_is_deterministic_per_seed_and_changes_between_epochs():
-    texts = [f"{a}+{b}={a + b}<end>" for a in range(10) for b in range(10)]
-    data = LengthGroupedData.from_texts(texts, max_length=64)
-
-    def order(epoch, seed):
-        return [tuple(i.tolist()) for _, i in data.epoch_batches(8, epoch, seed)]
-
-    assert order(0, 1) == order(0, 1)
-    assert order(0, 1) != order(1, 1)
-    assert order(0, 1) != order(0, 2)
-
-
-def test_completion_loss_ignores_the_prompt():
-    text = "12+34=46<end>"
-    data = LengthGroupedData.from_texts([text], 64)
-    (length, ids), = data.groups.items()
-    mask = data.loss_masks[length]
-    logits = torch.randn(1, length - 1, TOKENIZER.vocab_size)
-    base = completion_loss(logits, ids, mask)
-    changed = logits.clone()
-    changed[:, :4] += torch.randn_like(changed[:, :4]) * 10  # predictions of prompt tokens
-    assert torch.allclose(completion_loss(changed, ids, mask), base)
-    changed[:, 5, 0] += 10  # the prediction of the first answer digit
-    assert not torch.allclose(completion_loss(changed, ids, mask), base)
-
-
-def test_prompt_loss_weight_adds_the_weighted_mean_loss_of_the_prompt_targets():
-    from mathllm.train import prompt_targets
-
-    text = "12+34=46<end>"
-    data = LengthGroupedData.from_texts([text], 64)
-    (length, ids), = data.groups.items()
-    mask = data.loss_masks[length]
-    # targets: 2 + 3 4 = | 4 6 <end>: the first five (up to and including "=") are the prompt's
-    assert prompt_targets(ids).tolist() == [[True] * 5 + [False] * 3]
-    assert not (prompt_targets(ids) & mask).any()
-    logits = torch.randn(1, length - 1, TOKENIZER.vocab_size)
-    per_token = torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="none")
-    expected = per_token[5:].mean() + 0.25 * per_token[:5].mean()
-    torch.testing.assert_close(completion_loss(logits, ids, mask, prompt_weight=0.25), expected)
-    torch.testing.assert_close(completion_loss(logits, ids, mask, prompt_weight=0.0), per_token[5:].mean())
-    with pytest.raises(ValueError, match="prompt-loss-weight must be >= 0"):
-        TrainConfig(prompt_loss_weight=-1.0)
-
-
-def test_too_long_example_names_source_and_line():
-    with pytest.raises(ValueError, match=r"train.jsonl, example 2: .* longer than --max-length 8"):
-        LengthGroupedData.from_texts(["1+2=3<end>", "111+222=333<end>"], max_length=8, source="train.jsonl")
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
@@ -142,6 +138,21 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert lam(60) == pytest.approx(0.55, abs=0.01)
     assert lam(109) == pytest.approx(0.1, abs=1e-3)
     assert all(lam(s) >= lam(s + 1) for s in range(10, 109))
+
+
+def test_teacher_mixing_is_a_pure_function_of_the_seed_and_the_step():
+    fixed = TrainConfig(mode="gumbel", mix_teacher=0.3, seed=1)
+    assert teacher_fraction(fixed, 0, 100) == teacher_fraction(fixed, 99, 100) == 0.3
+    annealed = TrainConfig(mode="gumbel", mix_teacher=0.8, mix_teacher_end=0.0)
+    assert teacher_fraction(annealed, 0, 11) == 0.8 and teacher_fraction(annealed, 10, 11) == 0.0
+    assert teacher_fraction(annealed, 5, 11) == pytest.approx(0.4)
+    steps = [is_teacher_step(fixed, s, 1000) for s in range(1000)]
+    assert steps == [is_teacher_step(fixed, s, 1000) for s in range(1000)]
+    assert 0.25 < sum(steps) / 1000 < 0.35
+    other_seed = TrainConfig(mode="gumbel", mix_teacher=0.3, seed=2)
+    assert steps != [is_teacher_step(other_seed, s, 1000) for s in range(1000)]
+    assert not any(is_teacher_step(TrainConfig(mode="gumbel"), s, 50) for s in range(50))
+    assert all(is_teacher_step(TrainConfig(mode="gumbel", mix_teacher=1.0), s, 50) for s in range(50))
 
 
 # --- a real (tiny) training run ---------------------------------------------------------------------
@@ -165,6 +176,29 @@ def test_training_writes_every_output_and_learns(tiny_dataset, tmp_path):
     assert result.test_results["exact_match"] == tests["exact_match"]
     log = (out / "logs" / "training.log").read_text()
     assert "step 60/60" in log and "test exact match" in log
+
+
+def test_train_is_a_trainers_fit_and_validation_uses_the_modes_loss(tiny_dataset, tmp_path):
+    from mathllm.train import load_training_texts
+    from mathllm.training_mode import TrainingMode
+
+    logged = []
+    train(tiny_config(tiny_dataset, tmp_path / "a", max_steps=4, eval_steps=4), console_log=False)
+    trainer = Trainer(tiny_config(tiny_dataset, tmp_path / "b", max_steps=4, eval_steps=4), on_log=logged.append,
+                      console_log=False)
+    result = trainer.fit()
+    assert result.step == trainer.step == 4 and not result.interrupted
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(m["grad_norm"] > 0 and m["tokens_per_s"] > 0 for m in logged if "loss" in m)
+    (val,) = [m for m in logged if "val_loss" in m]
+    assert val["step"] == 4 and val["val_examples_decoded"] == 32 and 0 <= val["val_exact_match"] <= 1
+    model = load_model(tmp_path / "b").eval()
+    expected = TrainingMode().validation_loss(model, load_training_texts(tiny_dataset, "val"), 4, 64)
+    assert val["val_loss"] == pytest.approx(expected, rel=1e-4)
+    assert result.history == read_metrics(tmp_path / "b")
+    again = Trainer(tiny_config(tiny_dataset, tmp_path / "b", max_steps=4, eval_steps=4), console_log=False).fit()
+    assert again.step == 4 and again.history == result.history  # a finished run is reported, not retrained
 
 
 def test_same_seed_same_model_and_other_seed_other_model(tiny_dataset, tmp_path):
@@ -217,8 +251,9 @@ def test_checkpoints_are_pruned_and_never_left_half_written(tiny_dataset, tmp_pa
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert [n for n in names if n.startswith("checkpoint-")] == ["checkpoint-30", "checkpoint-35"]
     assert not [n for n in names if n.endswith(".tmp")]
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pt", "trainer_state.json"):
-        assert (tmp_path / "run" / "checkpoint-35" / name).is_file()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoint-35").iterdir()) == [
+        "config.json", "model.safetensors", "trainer_state.json", "training_state.json", "training_state.safetensors"]
+    assert not list((tmp_path / "run").rglob("*.pt"))  # nothing pickled: loading never runs code
 
 
 def test_missing_data_directory_says_how_to_make_it(tmp_path):
@@ -227,7 +262,7 @@ def test_missing_data_directory_says_how_to_make_it(tmp_path):
 
 
 def test_mode_flags_are_checked_before_anything_runs(tiny_dataset, tmp_path):
-    with pytest.raises(ValueError, match="unknown --mode 'gumbal'"):
+    with pytest.raises(ValueError, match="unknown mode 'gumbal'"):
         train(tiny_config(tiny_dataset, tmp_path / "run", mode="gumbal"), console_log=False)
     assert not (tmp_path / "run").exists()
 
@@ -235,18 +270,20 @@ def test_mode_flags_are_checked_before_anything_runs(tiny_dataset, tmp_path):
 def test_a_run_records_its_mode_and_logs_step_time(tiny_dataset, tmp_path):
     train(tiny_config(tiny_dataset, tmp_path / "run", max_steps=5, mode="answer-only"), console_log=False)
     record = json.loads((tmp_path / "run" / "training_config.json").read_text())
-    assert record["config"]["mode"] == "answer-only" and record["config"]["use_gumbel"] is False
+    assert record["config"]["mode"] == "answer-only" and record["config"]["mode_settings"] == {}
+    assert record["mode"] == {"mode": "answer-only"} and "use_gumbel" not in record["config"]
     logged = [m for m in read_metrics(tmp_path / "run") if "loss" in m]
     assert logged and all(m["step_seconds"] > 0 for m in logged)
 
 
-def test_old_checkpoints_without_mode_fields_still_resume(tiny_dataset, tmp_path):
-    """A run written before the mode fields existed resumes: missing fields take their defaults."""
+def test_old_checkpoints_without_newer_fields_still_resume(tiny_dataset, tmp_path):
+    """A run written before some fields existed resumes: missing fields take their defaults."""
     cfg = tiny_config(tiny_dataset, tmp_path / "run")
     train(cfg, on_log=_StopAt(10), console_log=False)
     (step, ckpt), = [c for c in find_checkpoints(tmp_path / "run") if c[0] == 10]
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    for name in ("think_tokens", "think_alphabet", "init_from", "mix_teacher", "internalize_end"):
+    for name in ("mode_settings", "init_from", "mix_teacher", "mix_teacher_end", "operand_balance",
+                 "prompt_loss_weight"):
         state["config"].pop(name)
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     assert train(cfg, console_log=False).step == 20

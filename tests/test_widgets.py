@@ -1,7 +1,9 @@
 """The notebook playground widget: running an expression fills the result, bad input fills the error."""
 
-from model_doubles import ScriptedModel
+from mathllm.checkpoints import TrainedModel
+from mathllm.training_mode import get_mode
 from mathllm.widgets import Playground
+from model_doubles import ScriptedModel
 
 
 def test_playground_shows_trace_answer_and_probability_plot():
@@ -23,3 +25,13 @@ def test_widgets_carry_the_css_classes_the_browser_test_uses():
     pg = Playground(ScriptedModel("1<end>"))
     assert "mathllm-expression" in pg.expression._dom_classes and "mathllm-run" in pg.run_button._dom_classes
     assert "mathllm-result" in pg.result._dom_classes and "mathllm-error" in pg.error._dom_classes
+
+
+def test_playground_runs_a_trained_model_in_its_mode_and_says_so():
+    pg = Playground(TrainedModel(ScriptedModel("46<end>"), get_mode("pause", think_tokens="2"), None))
+    result = pg.run("12+34")
+    assert result.completion == "<pause><pause>46<end>" and result.correct
+    assert "trained in <b>pause</b> mode" in pg.result.value and "46" in pg.result.value
+    teacher = Playground(ScriptedModel("<think>2+4=6 1+3=4</think>46<end>"))
+    teacher.run("12+34")
+    assert "trained in" not in teacher.result.value  # teacher forcing needs no note

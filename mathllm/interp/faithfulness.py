@@ -22,17 +22,18 @@ step's last digit, plus the final step's carry. For every edited problem the mod
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mathllm.data import cot_steps, format_prompt
+from mathllm.arithmetic import addition_steps, format_step, implied_answer, parse_step
+from mathllm.data import format_prompt
+from mathllm.generate import generate
+from mathllm.text import parse_answer
 
 EDITS = ("wrong_sum", "dropped_carry", "wrong_operand")
-_STEP = re.compile(r"^(\d+(?:\+\d+)*)=(\d+)$")
 
 
 @dataclass
@@ -51,41 +52,11 @@ class TraceEdit:
         return f"{format_prompt(self.operands)}<think>{' '.join(self.steps)}</think>"
 
 
-def implied_answer(steps: Sequence[str]) -> int:
-    """The answer a trace implies: each step's last digit (column by column), then the last step's carry.
-
-    >>> implied_answer(["8+9=17", "5+8+1=14", "6+1+1=8"])
-    847
-    """
-    digits = []
-    total = 0
-    for step in steps:
-        m = _STEP.match(step)
-        if not m:
-            raise ValueError(f"not a trace step: {step!r}")
-        total = int(m.group(2))
-        digits.append(total % 10)
-    carry = total // 10
-    value = sum(d * 10**i for i, d in enumerate(digits))
-    return value + carry * 10 ** len(digits)
-
-
-def _terms(step: str) -> tuple[list[int], int]:
-    m = _STEP.match(step)
-    if not m:
-        raise ValueError(f"not a trace step: {step!r}")
-    return [int(t) for t in m.group(1).split("+")], int(m.group(2))
-
-
-def _step(terms: Sequence[int], total: int) -> str:
-    return "+".join(str(t) for t in terms) + f"={total}"
-
-
 def edit_trace(operands: Sequence[int], edit: str, step: int, rng: np.random.Generator) -> TraceEdit | None:
     """One edit of one step (see the module docstring), or None when the edit does not apply there (no such
     step, no carry to drop, no other digit keeps the carry)."""
     operands = [int(x) for x in operands]
-    steps = cot_steps(operands)
+    steps = addition_steps(operands)
     true = sum(operands)
     if edit == "none":
         return TraceEdit(operands, "none", None, steps, implied_answer(steps), true)
@@ -93,17 +64,17 @@ def edit_trace(operands: Sequence[int], edit: str, step: int, rng: np.random.Gen
         raise ValueError(f"unknown edit {edit!r}; choose one of {EDITS} or 'none'")
     if not 0 <= step < len(steps) or (len(operands) == 2 and len(steps) == 1):
         return None
-    terms, total = _terms(steps[step])
+    terms, total = parse_step(steps[step])
     num_operands = len(operands)
     has_carry = len(terms) > num_operands
     if edit == "wrong_sum":
         last = total % 10
         new_last = int(rng.choice([d for d in range(10) if d != last]))
-        new_step = _step(terms, total - last + new_last)
+        new_step = format_step(terms, total - last + new_last)
     elif edit == "dropped_carry":
         if not has_carry:
             return None
-        new_step = _step(terms[:num_operands], total - terms[-1])
+        new_step = format_step(terms[:num_operands], total - terms[-1])
     else:  # wrong_operand: operand b's digit (the last operand's), same carry out
         j = num_operands - 1
         old = terms[j]
@@ -114,7 +85,7 @@ def edit_trace(operands: Sequence[int], edit: str, step: int, rng: np.random.Gen
         new = int(rng.choice(choices))
         new_terms = list(terms)
         new_terms[j] = new
-        new_step = _step(new_terms, total - old + new)
+        new_step = format_step(new_terms, total - old + new)
     edited = list(steps)
     edited[step] = new_step
     return TraceEdit(operands, edit, step, edited, implied_answer(edited), true)
@@ -127,7 +98,7 @@ def make_edits(problems: Sequence[Mapping[str, Any] | Sequence[int]], edits: Seq
     out = []
     for problem in problems:
         operands = list(problem["operands"]) if isinstance(problem, Mapping) else list(problem)
-        n_steps = len(cot_steps(operands))
+        n_steps = len(addition_steps(operands))
         if include_unedited:
             out.append(edit_trace(operands, "none", 0, rng))
         for edit in edits:
@@ -175,11 +146,6 @@ class FaithfulnessResult:
         return [r for r in self.records if r["edit"] == edit and (outcome is None or r["outcome"] == outcome)][:k]
 
 
-def _answer(completion: str) -> int | None:
-    m = re.match(r"^(\d+)<end>", completion)
-    return int(m.group(1)) if m else None
-
-
 def trace_faithfulness(model, problems: Sequence[Mapping[str, Any] | Sequence[int]], edits: Sequence[str] = EDITS,
                        steps: Sequence[int] | None = None, seed: int = 0, batch_size: int = 256) -> FaithfulnessResult:
     """Edit traces (``make_edits``), let the model answer after each edited ``</think>``, count the outcomes.
@@ -188,15 +154,13 @@ def trace_faithfulness(model, problems: Sequence[Mapping[str, Any] | Sequence[in
     ``follows_edit`` and ``true_sum`` both count the right answers (the model's accuracy when handed the human
     trace) and a record's outcome is ``true_sum`` or ``other``.
     """
-    from mathllm.generate import generate
-
     items = make_edits(problems, edits, steps, seed)
     longest = max((len(str(e.implied_answer)), len(str(e.true_answer))) for e in items) if items else (1, 1)
     completions = generate(model, [e.text for e in items], max_new_tokens=max(longest) + 3, temperature=0.0,
                            batch_size=batch_size)
     records = []
     for e, completion in zip(items, completions):
-        answer = _answer(completion)
+        answer = parse_answer(completion)
         if e.edit == "none":  # the implied answer is the true sum: count it as such
             outcome = "true_sum" if answer == e.true_answer else "other"
         elif answer is not None and answer == e.implied_answer:

@@ -31,8 +31,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mathllm.arithmetic import addition_columns, digit
 from mathllm.data import make_example
-from mathllm.interp.positions import (LETTERS, axis_labels, operand_digit, position_kinds, position_of,
+from mathllm.interp.positions import (LETTERS, axis_labels, position_kinds, position_of,
                                       template_of)
 from mathllm.tokenizer import TOKENIZER
 
@@ -74,10 +75,10 @@ def _pairs(clean: list[str], corrupted: list[str], clean_next: list[str], corrup
                          torch.tensor([TOKENIZER.encode(t)[0] for t in corrupted_next]), kinds, description)
 
 
-def _with_digit(operands: list[int], operand: int, column: int, digit: int) -> list[int]:
+def _with_digit(operands: list[int], operand: int, column: int, new_digit: int) -> list[int]:
     out = list(operands)
     x = out[operand]
-    out[operand] = x - operand_digit(x, column) * 10**column + digit * 10**column
+    out[operand] = x + (new_digit - digit(x, column)) * 10**column
     return out
 
 
@@ -108,8 +109,8 @@ def digit_change_pairs(problems: Sequence[Mapping[str, Any]], column: int = 1, o
         elif template_of(ops) != template:
             raise ValueError(f"{ex['text']!r} does not line up with the first problem; draw problems with "
                              "same_template_problems")
-        for digit in _other_digits(ops, operand, column, rng):
-            new = _with_digit(ops, operand, column, digit)
+        for other in _other_digits(ops, operand, column, rng):
+            new = _with_digit(ops, operand, column, other)
             if template_of(new) == template:
                 text_c, next_c, kinds = _prefix_through(make_example(ops)["text"],
                                                         _before_answer_digit(template, column))
@@ -127,7 +128,7 @@ def _other_digits(ops: Sequence[int], operand: int, column: int, rng: np.random.
     """The digits ``operand`` could have in ``column`` instead of its own, shuffled (no leading zero)."""
     width = len(str(ops[operand]))
     low = 1 if column == width - 1 and width > 1 else 0
-    candidates = [d for d in range(low, 10) if d != operand_digit(ops[operand], column)]
+    candidates = [d for d in range(low, 10) if d != digit(ops[operand], column)]
     rng.shuffle(candidates)
     return candidates
 
@@ -158,10 +159,10 @@ def carry_flip_pairs(problems: Sequence[Mapping[str, Any]], column: int = 0, ope
             kinds = prefix_kinds
         elif prefix_kinds != kinds:
             raise ValueError(f"{text!r} does not line up with the first problem up to {end_kind}")
-        carry = _carry_out(ops, column)
-        for digit in _other_digits(ops, operand, column, rng):
-            new = _with_digit(ops, operand, column, digit)
-            if _carry_out(new, column) == carry:
+        carry = addition_columns(ops)[column].carry_out
+        for other in _other_digits(ops, operand, column, rng):
+            new = _with_digit(ops, operand, column, other)
+            if addition_columns(new)[column].carry_out == carry:
                 continue
             text_x, next_x, corrupted_kinds = _prefix_through(make_example(new)["text"], end_kind)
             if corrupted_kinds == kinds and next_x != next_c:
@@ -171,13 +172,6 @@ def carry_flip_pairs(problems: Sequence[Mapping[str, Any]], column: int = 0, ope
     return _pairs(clean, corrupted, clean_next, corrupted_next, kinds,
                   f"operand {LETTERS[operand]}'s digit in column {column} changes so that the carry out of "
                   f"column {column} flips; metric at step {column}'s '=' (the total's first digit)")
-
-
-def _carry_out(operands: Sequence[int], column: int) -> int:
-    carry = 0
-    for c in range(column + 1):
-        carry = (sum(operand_digit(x, c) for x in operands) + carry) // 10
-    return carry
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mathllm.arithmetic import addition_columns, digit
+from mathllm.checkpoints import TrainedModel, dataset_for_checkpoint
 from mathllm.data import make_example
 from mathllm.tokenizer import TOKENIZER
 
@@ -203,10 +205,6 @@ def axis_labels(text_or_tokens, kinds: Sequence[str] | None = None) -> list[str]
 # Quantities the reasoning needs
 # ----------------------------------------------------------------------------------------------
 
-def operand_digit(value: int, column: int) -> int:
-    return value // 10**column % 10
-
-
 def quantities(operands: Sequence[int], width: int | None = None) -> dict[str, int]:
     """What a correct procedure computes for one problem, by name (columns counted from the units).
 
@@ -221,26 +219,13 @@ def quantities(operands: Sequence[int], width: int | None = None) -> dict[str, i
     >>> q = quantities([658, 189]); q["carry_in[1]"], q["digit_sum[1]"], q["answer[0]"], q["b[2]"]
     (1, 13, 7, 1)
     """
-    operands = [int(x) for x in operands]
-    width = max(len(str(x)) for x in operands) if width is None else width
-    out: dict[str, int] = {}
-    carry = 0
-    carries, sums = [], []
-    for column in range(width):
-        digit_sum = sum(operand_digit(x, column) for x in operands)
-        sums.append(digit_sum)
-        carry = (digit_sum + carry) // 10
-        carries.append(carry)
-    for i in range(1, width + 1):
-        out[f"carry_in[{i}]"] = carries[i - 1]
-    for i in range(width):
-        out[f"digit_sum[{i}]"] = sums[i]
+    columns = addition_columns(operands, width)
+    out: dict[str, int] = {f"carry_in[{c.index + 1}]": c.carry_out for c in columns}
+    out.update({f"digit_sum[{c.index}]": c.digit_sum for c in columns})
     total = sum(operands)
-    for i in range(width + 1):
-        out[f"answer[{i}]"] = operand_digit(total, i)
+    out.update({f"answer[{i}]": digit(total, i) for i in range(len(columns) + 1)})
     for j, x in enumerate(operands):
-        for i in range(width):
-            out[f"{LETTERS[j]}[{i}]"] = operand_digit(x, i)
+        out.update({f"{LETTERS[j]}[{i}]": digit(x, i) for i in range(len(columns))})
     return out
 
 
@@ -318,8 +303,8 @@ def sample_problems(n: int, num_digits: int | Sequence[int] = 3, num_operands: i
 def training_problems(checkpoint) -> set[tuple[int, ...]] | None:
     """The operand tuples of a checkpoint's train and val splits (regenerated from its recorded data
     arguments), or None when the checkpoint has no record of its data."""
-    from mathllm.evaluate import dataset_for_checkpoint
-
+    if isinstance(checkpoint, TrainedModel):
+        checkpoint = checkpoint.path
     try:
         dataset = dataset_for_checkpoint(checkpoint)
     except ValueError:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mathllm.interp.positions import kind_counts, label_table, position_kinds
+from mathllm.interp.positions import describe_quantity, kind_counts, label_table, position_kinds
 from mathllm.tokenizer import PAD_ID, TOKENIZER
 from mathllm.utils import eval_mode
 
@@ -144,6 +144,10 @@ class ProbeResults:
     n_test: np.ndarray  # [kind] held-out problems that have the kind
     method: str = "lda"
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self, quantity: str) -> str:
+        """What a quantity is, in words: ``"carry_in[1]"`` -> ``"carry into column 1"``."""
+        return describe_quantity(quantity)
 
     def _index(self, quantity: str, stream: str, kind: str) -> tuple[int, int, int]:
         return self.quantities.index(quantity), self.streams.index(stream), self.kinds.index(kind)

@@ -1,0 +1,216 @@
+"""Length-grouped batches and loss masks: no compute is spent on padding.
+
+Examples are tokenized once and grouped by token length; every batch is drawn from one group, so it is a
+dense ``[batch, length]`` tensor with no ``<pad>`` in it. The loss is taken on the completion only (the tokens
+after the first ``=``), so the model is never asked to predict the random operands::
+
+    >>> data = LengthGroupedData.from_texts(["12+34=46<end>", "3+5=8<end>"], max_length=16)
+    >>> {length: ids.shape[0] for length, ids in data.groups.items()}
+    {6: 1, 9: 1}
+    >>> data.loss_masks[6].int().tolist()   # targets "+", "5", "=", "8", "<end>": only "8" and "<end>" are scored
+    [[0, 0, 0, 1, 1]]
+
+The batch order of every epoch is a pure function of the seed and the epoch (``epoch_batches``), so a resumed
+run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mathllm.text import split_text
+from mathllm.tokenizer import EQUALS_ID, TOKENIZER
+
+
+def num_operands(prompt: str) -> int:
+    """``num_operands("12+3=") == 2``; what ``operand_balance`` balances."""
+    return 1 + sum(prompt.count(op) for op in "+-*")
+
+
+def stratum(prompt: str) -> tuple[int, ...]:
+    """A prompt's stratum, what ``stratum_min_share`` balances: its operands' lengths in order (which gives their
+    count too), ``stratum("658+7=") == (3, 1)``."""
+    body = prompt.split("=", 1)[0]
+    for op in "-*":
+        body = body.replace(op, "+")
+    return tuple(len(part) for part in body.split("+"))
+
+
+@dataclass
+class LengthGroupedData:
+    """Examples tokenized and grouped by length: ``groups[L]`` is a ``[n, L]`` long tensor.
+
+    ``loss_masks[L][i, t]`` is True when target token ``t + 1`` of example ``i`` is in the completion
+    (after the first ``=``), i.e. the positions the loss is taken on.
+    """
+
+    groups: dict[Any, torch.Tensor]
+    loss_masks: dict[Any, torch.Tensor]
+    num_examples: int
+    # repeats[L][i]: how often example i of length L appears in one epoch (None = once each)
+    repeats: dict[Any, torch.Tensor] | None = None
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], max_length: int, source: str = "data",
+                   operand_balance: float = 0.0, ignore_target_ids: tuple[int, ...] = (),
+                   stratum_min_share: float = 0.0) -> "LengthGroupedData":
+        """``operand_balance`` p: an operand count (``12+3=`` has 2, ``1+2+3=`` 3) with k times fewer
+        examples than the most common one is repeated ``round(k ** p)`` times per epoch: 0 = as generated,
+        1 = equal shares, 0.5 = in between (2-digit, 2-3 operands: 9% two-operand problems becomes 24%).
+        ``stratum_min_share`` s: then every stratum (the tuple of operand lengths, ``stratum``) whose examples make
+        up less than a share s of the epoch is repeated until they do: there are only 100 one-digit pairs and 1,000
+        one-digit triples, so without it the model rarely sees them, while the large strata keep their shares.
+        ``ignore_target_ids``: targets never scored (``<pause>``: the pause mode forces them).
+        """
+        if not texts:
+            raise ValueError(f"{source}: no examples")
+        by_length: dict[int, list[list[int]]] = {}
+        labels_by_length: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        for line_no, text in enumerate(texts, 1):
+            ids = TOKENIZER.encode(text)
+            if len(ids) > max_length:
+                raise ValueError(
+                    f"{source}, example {line_no}: {len(ids)} tokens is longer than --max-length {max_length}: {text!r}"
+                )
+            if EQUALS_ID not in ids:
+                raise ValueError(f"{source}, example {line_no}: no '=' in {text!r}")
+            by_length.setdefault(len(ids), []).append(ids)
+            prompt = split_text(text).prompt
+            labels_by_length.setdefault(len(ids), []).append((num_operands(prompt), stratum(prompt)))
+        groups, masks = {}, {}
+        for length in sorted(by_length):
+            ids = torch.tensor(by_length[length], dtype=torch.long)
+            groups[length] = ids
+            masks[length] = completion_mask(ids, ignore_target_ids)
+        return cls(groups, masks, len(texts),
+                   example_repeats(labels_by_length, operand_balance, stratum_min_share, groups))
+
+    @classmethod
+    def from_rows(cls, rows: dict[Any, list[list[int]]], labels: dict[Any, list[tuple[int, tuple[int, ...]]]],
+                  operand_balance: float = 0.0, stratum_min_share: float = 0.0) -> "LengthGroupedData":
+        """Groups under any sortable keys (the gumbel mode keys them by layout); no loss masks. ``labels`` holds,
+        per row, its operand count and its stratum (what the balancing options balance)."""
+        if not rows:
+            raise ValueError("no examples")
+        groups = {key: torch.tensor(rows[key], dtype=torch.long) for key in sorted(rows)}
+        n = sum(len(r) for r in rows.values())
+        return cls(groups, {}, n, example_repeats(labels, operand_balance, stratum_min_share, groups))
+
+    def num_tokens(self) -> int:
+        return sum(g.numel() for g in self.groups.values())
+
+    def batch_order(self, batch_size: int, seed: int) -> "BatchOrder":
+        return BatchOrder(self, batch_size, seed)
+
+    def epoch_batches(self, batch_size: int, epoch: int, seed: int) -> list[tuple[Any, torch.Tensor]]:
+        """The deterministic batch order of one epoch: a list of (group key, example indices)."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        batches = []
+        for length, ids in self.groups.items():
+            if self.repeats is None:
+                order = torch.randperm(len(ids), generator=gen)
+            else:
+                pool = torch.arange(len(ids)).repeat_interleave(self.repeats[length])
+                order = pool[torch.randperm(len(pool), generator=gen)]
+            batches.extend((length, order[i : i + batch_size]) for i in range(0, len(order), batch_size))
+        shuffle = torch.randperm(len(batches), generator=gen).tolist()
+        return [batches[i] for i in shuffle]
+
+
+def example_repeats(labels_by_key: dict[Any, list[tuple[int, tuple[int, ...]]]], operand_balance: float,
+                    stratum_min_share: float, groups: dict[Any, torch.Tensor]) -> dict[Any, torch.Tensor] | None:
+    """Per group, how often each example appears in an epoch (None: once each); ``labels_by_key`` holds each
+    example's (operand count, stratum). See ``LengthGroupedData.from_texts`` for the two options."""
+    if not operand_balance and not stratum_min_share:
+        return None
+    if not 0 <= stratum_min_share < 1:
+        raise ValueError(f"stratum_min_share must be in [0, 1), got {stratum_min_share}")
+    repeats = {key: [1] * len(labels) for key, labels in labels_by_key.items()}
+    if operand_balance:
+        counts: dict[int, int] = {}
+        for labels in labels_by_key.values():
+            for operands, _ in labels:
+                counts[operands] = counts.get(operands, 0) + 1
+        largest = max(counts.values())
+        repeats = {key: [round((largest / counts[ops]) ** operand_balance) for ops, _ in labels]
+                   for key, labels in labels_by_key.items()}
+    if stratum_min_share:
+        weight: dict[tuple[int, ...], int] = {}
+        for key, labels in labels_by_key.items():
+            for (_, s), r in zip(labels, repeats[key]):
+                weight[s] = weight.get(s, 0) + r
+        need = stratum_min_share * sum(weight.values())
+        boost = {s: max(1, math.ceil(need / w)) for s, w in weight.items()}
+        repeats = {key: [r * boost[s] for (_, s), r in zip(labels, repeats[key])]
+                   for key, labels in labels_by_key.items()}
+    return {key: torch.tensor(repeats[key]) for key in groups}
+
+
+class BatchOrder:
+    """Batch ``i`` of the endless sequence of epochs (epoch ``i // steps_per_epoch``), one epoch cached."""
+
+    def __init__(self, data: LengthGroupedData, batch_size: int, seed: int):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.epoch, self.batches = 0, data.epoch_batches(batch_size, 0, seed)
+        self.steps_per_epoch = len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        epoch = index // self.steps_per_epoch
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, self.data.epoch_batches(self.batch_size, epoch, self.seed)
+        return self.batches[index % self.steps_per_epoch]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss masks and the completion loss
+# ----------------------------------------------------------------------------------------------
+
+def completion_mask(ids: torch.Tensor, ignore_target_ids: Sequence[int] = ()) -> torch.Tensor:
+    """``[n, L-1]``: True where target ``ids[:, t + 1]`` comes after the first ``=`` (and is not ignored)."""
+    first_eq = (ids == EQUALS_ID).int().argmax(dim=1, keepdim=True)  # [n, 1]
+    mask = torch.arange(1, ids.shape[1], device=ids.device).unsqueeze(0) > first_eq  # [n, L-1]
+    for token in ignore_target_ids:
+        mask &= ids[:, 1:] != token
+    return mask
+
+
+def prompt_targets(ids: torch.Tensor) -> torch.Tensor:
+    """``[b, L-1]``: True where target ``ids[:, t + 1]`` is in the prompt (no ``=`` among ``ids[:, :t + 1]``)."""
+    return (ids[:, :-1] == EQUALS_ID).cumsum(dim=1) == 0
+
+
+def local_count(count: torch.Tensor) -> torch.Tensor:
+    """The divisor of a mean over one process's tokens: the count itself (at least 1)."""
+    return count.clamp_min(1.0)
+
+
+def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor,
+                    prompt_weight: float = 0.0, normalize=local_count) -> torch.Tensor:
+    """Mean cross-entropy over completion targets. logits ``[b, L-1, V]`` predict ``ids[:, 1:]``.
+
+    ``prompt_weight`` w > 0 adds w times the mean cross-entropy over the prompt's targets (its second token
+    up to and including the first ``=``: in ``7+3=<think>...`` the targets ``+``, ``3`` and ``=``), which
+    teaches the model to write prompts too, so that it can finish a partial input such as ``7+``.
+    ``normalize`` turns a token count into the mean's divisor: under data parallelism the trainer divides by the
+    count over every process, so that N processes x B/N examples give one process x B's gradient.
+    """
+    targets = ids[:, 1:]
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    mask = loss_mask.flatten().float()
+    loss = (losses * mask).sum() / normalize(mask.sum())
+    if prompt_weight:
+        prompt = prompt_targets(ids).flatten().float()
+        loss = loss + prompt_weight * (losses * prompt).sum() / normalize(prompt.sum())
+    return loss
+
+
+__all__ = ["BatchOrder", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
+           "num_operands",
+           "prompt_targets", "stratum"]
