@@ -1,4 +1,4 @@
-"""Addition problems with chain of thought: formats, balanced leakage-free generation, JSONL files.
+"""Arithmetic problems with chain of thought: formats, balanced leakage-free generation, JSONL files.
 
 Three text formats for the same problem (``658+189``)::
 
@@ -6,13 +6,24 @@ Three text formats for the same problem (``658+189``)::
     plain     658+189=847<end>
     reversed  658+189=748<end>          (answer digits least significant first)
 
+Three operations (``operation="add"``, ``"sub"``, ``"mul"``, or a comma list such as ``"add,sub"`` that mixes
+them in equal shares); the traces are computed in ``mathllm.arithmetic``::
+
+    658-189=<think>8-9=-1 5-8-1=-4 6-1-1=4</think>469<end>
+    12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>
+
 Each split is a JSON Lines file with one object per problem, for example::
 
     {"text": "12+34=<think>2+4=6 1+3=4</think>46<end>", "prompt": "12+34=", "operands": [12, 34], "answer": 46,
      "num_digits": 2, "num_operands": 2, "num_carries": 0, "format": "cot"}
 
-(one line in the file). ``generate_dataset`` makes the splits, ``write_dataset`` writes them with a
-``meta.json``, ``load_split`` reads a split back and checks every line.
+(one line in the file). A subtraction line counts borrows instead of carries and names its operation,
+``{"text": "7-3=4<end>", "prompt": "7-3=", "operands": [7, 3], "answer": 4, "num_digits": 1, "num_operands": 2,
+"num_borrows": 0, "format": "cot", "operation": "sub"}``; a multiplication line counts the steps that carry
+(``num_carries``) and says ``"operation": "mul"``; an addition line has no ``operation`` field, so addition files
+are what they always were. ``generate_dataset`` makes the splits, ``write_dataset`` writes them with a
+``meta.json``, ``load_split`` reads a split back and checks every line, ``load_problems`` reads a user's list of
+problems (only ``prompt`` and ``answer`` needed) and renders it in a given format.
 
 How problems are drawn (``generate_dataset``):
 
@@ -28,6 +39,11 @@ How problems are drawn (``generate_dataset``):
   digit column from the exact conditional distribution, with top-ups until the quota of distinct problems
   is met. Asking for more problems than exist gives all of them (logged, and ``"exhausted"`` in meta.json).
 * The problems are shuffled and cut into train/val/test, so an operand tuple lives in exactly one split.
+* Subtraction (``a >= b``) and multiplication take two operands. Their shapes (operand lengths) get equal
+  shares, capped by how many distinct problems each has; within a shape problems are uniform (small shapes
+  enumerated, large ones sampled with top-ups until the quota of distinct problems is met); borrows and carries
+  are not balanced. A mix of operations gives each an equal share (capped the same way); a problem is its
+  operation and its operands, and lives in one split.
 
 Everything is vectorised with numpy (the JSON lines too), so a million problems take a few seconds
 (``scripts/benchmark_data.py``).
@@ -51,8 +67,10 @@ from typing import Any
 import numpy as np
 
 import mathllm
-from mathllm.arithmetic import (addition_steps, check_operands, column_totals, count_carries, count_carries_array,
-                                num_digits_array)
+from mathllm.arithmetic import (OPERATIONS, Operation, check_operands, column_totals, count_borrows_array,
+                                count_carries_array, count_multiplication_carries_array, multiplication_arrays,
+                                num_digits_array, operation as get_operation, subtraction_columns_array)
+from mathllm.text import parse_prompt
 from mathllm.tokenizer import TOKENIZER, VOCAB
 from mathllm.utils import atomic_write_chunks, code_version
 
@@ -64,6 +82,8 @@ FIELDS = ("text", "prompt", "operands", "answer", "num_digits", "num_operands", 
 REQUIRED_FIELDS = ("text", "operands", "answer", "num_digits", "num_operands", "num_carries", "format")
 MAX_DIGITS_LIMIT = 17  # operands and sums stay inside int64
 MAX_OPERANDS_LIMIT = 10  # column carries stay one digit
+MAX_PAIR_DIGITS_LIMIT = 9  # subtraction and multiplication: products stay inside int64
+OPERATION_NAMES = tuple(OPERATIONS)  # ("add", "sub", "mul"), the canonical order of a mix
 GENERATE_COMMAND = "python scripts/generate_data.py --num-examples 100000 --max-digits 2"
 
 
@@ -71,49 +91,83 @@ GENERATE_COMMAND = "python scripts/generate_data.py --num-examples 100000 --max-
 # The formats, one problem at a time (the readable reference; the vectorised writer must agree)
 # ----------------------------------------------------------------------------------------------
 
-def format_prompt(operands: Sequence[int]) -> str:
+def parse_operations(operation: str | Sequence[str] | Operation = "add") -> tuple[str, ...]:
+    """``"sub,add"`` -> ``("add", "sub")``: the operations of a (mixed) dataset, by name, in canonical order.
+
+    >>> parse_operations("mul"), parse_operations("sub,add"), parse_operations(["*", "+"])
+    (('mul',), ('add', 'sub'), ('add', 'mul'))
+    """
+    if isinstance(operation, Operation):
+        return (operation.name,)
+    parts = operation.split(",") if isinstance(operation, str) else list(operation)
+    names = {get_operation(part.strip()).name for part in parts if str(part).strip()}
+    if not names:
+        raise ValueError(f"no operation given ({operation!r}); choose from {', '.join(OPERATION_NAMES)}, "
+                         "or a comma list such as add,sub")
+    return tuple(name for name in OPERATION_NAMES if name in names)
+
+
+def format_prompt(operands: Sequence[int], operation: str | Operation = "add") -> str:
     """``format_prompt([658, 189]) == "658+189="``: the part of the text the model is given."""
-    return "+".join(str(x) for x in check_operands(operands)) + "="
+    return get_operation(operation).prompt(operands)
 
 
-def format_example(operands: Sequence[int], fmt: str = "cot") -> str:
+def format_example(operands: Sequence[int], fmt: str = "cot", operation: str | Operation = "add") -> str:
     """The text of one problem.
 
     >>> format_example([99, 21])
     '99+21=<think>9+1=10 9+2+1=12</think>120<end>'
     >>> format_example([3, 5]), format_example([12, 34], "plain"), format_example([12, 34], "reversed")
     ('3+5=8<end>', '12+34=46<end>', '12+34=64<end>')
+    >>> format_example([105, 99], operation="sub"), format_example([7, 3], operation="-")
+    ('105-99=<think>5-9=-4 0-9-1=-10 1-0-1=0</think>6<end>', '7-3=4<end>')
+    >>> format_example([7, 8], operation="mul"), format_example([12, 34], "reversed", "mul")
+    ('7*8=<think>7*8=56</think>56<end>', '12*34=804<end>')
 
-    cot: a two-operand problem of two one-digit numbers has no think block; the final carry appears only in
-    the answer. reversed: the answer's digits least significant first (``99+21=021<end>``).
+    cot: a two-operand problem of two one-digit numbers has no think block for ``+`` and ``-`` (its one step
+    would only repeat the answer), but keeps its one step for ``*``; the final carry appears only in the answer.
+    reversed: the answer's digits least significant first (``99+21=021<end>``).
     """
-    operands = check_operands(operands)
+    op = get_operation(operation)
+    operands = op.check(operands)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    prompt, answer = format_prompt(operands), str(sum(operands))
+    prompt, answer = op.prompt(operands), str(op.answer(operands))
     if fmt == "plain":
         return f"{prompt}{answer}<end>"
     if fmt == "reversed":
         return f"{prompt}{answer[::-1]}<end>"
-    steps = addition_steps(operands)
-    if len(operands) == 2 and len(steps) == 1:
+    if not op.has_think(operands):
         return f"{prompt}{answer}<end>"
-    return f"{prompt}<think>{' '.join(steps)}</think>{answer}<end>"
+    return f"{prompt}<think>{' '.join(op.steps(operands))}</think>{answer}<end>"
 
 
-def make_example(operands: Sequence[int], fmt: str = "cot") -> dict[str, Any]:
-    """The JSON object of one problem, fields in file order (see the module docstring)."""
-    operands = check_operands(operands)
-    return {
-        "text": format_example(operands, fmt),
-        "prompt": format_prompt(operands),
+def make_example(operands: Sequence[int], fmt: str = "cot", operation: str | Operation = "add") -> dict[str, Any]:
+    """The JSON object of one problem, fields in file order (see the module docstring).
+
+    >>> make_example([7, 3], operation="sub")["num_borrows"], make_example([12, 34], operation="mul")["operation"]
+    (0, 'mul')
+    """
+    op = get_operation(operation)
+    operands = op.check(operands)
+    example = {
+        "text": format_example(operands, fmt, op),
+        "prompt": op.prompt(operands),
         "operands": operands,
-        "answer": sum(operands),
+        "answer": op.answer(operands),
         "num_digits": max(len(str(x)) for x in operands),
         "num_operands": len(operands),
-        "num_carries": count_carries(operands),
+        op.count_field: op.count(operands),
         "format": fmt,
     }
+    if op.name != "add":
+        example["operation"] = op.name
+    return example
+
+
+def example_operation(example: Mapping[str, Any]) -> Operation:
+    """The operation of a data line (``"operation"``, absent for addition)."""
+    return get_operation(example.get("operation", "add"))
 
 
 def count_tokens(text: str) -> int:
@@ -468,16 +522,24 @@ def _render_text(lines: _Lines, operands: np.ndarray, num_operands: np.ndarray, 
     return prompt
 
 
-def render_texts(operands: np.ndarray, num_operands: np.ndarray | None = None, fmt: str = "cot") -> list[str]:
-    """Vectorised ``format_example`` over an operand array ``[rows, operands]`` (0 where a row has fewer)."""
+def render_texts(operands: np.ndarray, num_operands: np.ndarray | None = None, fmt: str = "cot",
+                 operations: np.ndarray | None = None) -> list[str]:
+    """Vectorised ``format_example`` over an operand array ``[rows, operands]`` (0 where a row has fewer);
+    ``operations``: each row's ``OPERATION_CODES`` value (None: all additions)."""
     operands = np.asarray(operands, dtype=np.int64)
     if num_operands is None:
         num_operands = np.full(len(operands), operands.shape[1])
     if len(operands) == 0:
         return []
-    lines = _Lines(len(operands))
-    _render_text(lines, operands, np.asarray(num_operands), fmt)
-    return lines.tobytes().decode().split("\n")[:-1]
+    pieces = []
+    for op, rows in _by_operation(operations, len(operands)):
+        lines = _Lines(len(rows))
+        if op.name == "add":
+            _render_text(lines, operands[rows], np.asarray(num_operands)[rows], fmt)
+        else:
+            _render_pair_text(lines, op, operands[rows, 0], operands[rows, 1], fmt)
+        pieces.append((rows, lines.tobytes()))
+    return _interleave(pieces, len(operands)).decode().split("\n")[:-1]
 
 
 def _render_jsonl(operands: np.ndarray, num_operands: np.ndarray, num_carries: np.ndarray, fmt: str) -> bytes:
@@ -506,6 +568,113 @@ def _render_jsonl(operands: np.ndarray, num_operands: np.ndarray, num_carries: n
     return lines.tobytes()
 
 
+def _render_pair_text(lines: _Lines, op: Operation, a: np.ndarray, b: np.ndarray, fmt: str) -> list[np.ndarray]:
+    """Vectorised ``format_example`` for subtraction or multiplication: one text per row of ``a``, ``b``.
+
+    Returns the fields of the prompt (``"658"``, ``"-"``, ``"189"``, ``"="``)."""
+    len_a, len_b = num_digits_array(a), num_digits_array(b)
+    width_a, width_b = int(len_a.max(initial=1)), int(len_b.max(initial=1))
+    prompt = [lines.number(a, width_a), lines.text(op.symbol), lines.number(b, width_b), lines.text("=")]
+    if fmt == "cot" and op.name == "sub":
+        think = a >= 10
+        lines.text("<think>", think)
+        results, borrows_in = subtraction_columns_array(a, b, width_a)
+        for column in range(width_a):
+            active = think & (column < len_a)
+            if column:
+                lines.text(" ", active)
+            lines.number(a // 10**column % 10, 1, active)
+            lines.text("-", active)
+            lines.number(b // 10**column % 10, 1, active)
+            lines.text("-1", active & (borrows_in[column] > 0))
+            lines.text("=", active)
+            lines.text("-", active & (results[column] < 0))
+            lines.number(np.abs(results[column]), 2, active)
+        lines.text("</think>", think)
+    elif fmt == "cot":
+        lines.text("<think>")
+        steps = multiplication_arrays(a, b, width_a, width_b)
+        for j in range(width_b):
+            b_j = b // 10**j % 10
+            for i in range(width_a):
+                active = (i < len_a) & (j < len_b)
+                if i or j:
+                    lines.text(" ", active)
+                lines.number(a // 10**i % 10, 1, active)
+                lines.text("*", active)
+                lines.number(b_j, 1, active)
+                if j:
+                    lines.text("+", active)
+                    lines.number(steps.sum_digits[j][i], 1, active)
+                with_carry = active & (steps.carries_in[j][i] > 0)
+                lines.text("+", with_carry)
+                lines.number(steps.carries_in[j][i], 1, with_carry)
+                lines.text("=", active)
+                lines.number(steps.totals[j][i], 2, active)
+            shown = j < len_b - 1  # the running sum after every row but the last
+            lines.text(" ", shown)
+            lines.number(steps.running[j], width_a + width_b, shown)
+        lines.text("</think>")
+    answers = _pair_answers(op, a, b)
+    lines.number(answers, int(num_digits_array(answers.max(initial=0))), reverse=(fmt == "reversed"))
+    lines.text("<end>")
+    return prompt
+
+
+def _pair_answers(op: Operation, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a - b if op.name == "sub" else a * b
+
+
+def _pair_counts(op: Operation, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Borrows (subtraction) or carrying steps (multiplication) of every row."""
+    return count_borrows_array(a, b) if op.name == "sub" else count_multiplication_carries_array(a, b)
+
+
+def _render_pair_jsonl(op: Operation, a: np.ndarray, b: np.ndarray, counts: np.ndarray, fmt: str) -> bytes:
+    """The JSON Lines of ``make_example`` for subtraction or multiplication rows, as ``json.dumps`` writes them."""
+    lines = _Lines(len(a))
+    lines.text('{"text": "')
+    prompt = _render_pair_text(lines, op, a, b, fmt)
+    lines.text('", "prompt": "')
+    for part in prompt:
+        lines.add(part)
+    lines.text('", "operands": [')
+    lines.add(prompt[0])
+    lines.text(", ")
+    lines.add(prompt[2])
+    answers = _pair_answers(op, a, b)
+    lines.text('], "answer": ')
+    lines.number(answers, int(num_digits_array(answers.max(initial=0))))
+    lines.text(', "num_digits": ')
+    lines.number(np.maximum(num_digits_array(a), num_digits_array(b)), 2)
+    lines.text(f', "num_operands": 2, "{op.count_field}": ')
+    lines.number(counts, 2)
+    lines.text(f', "format": "{fmt}", "operation": "{op.name}"}}')
+    return lines.tobytes()
+
+
+OPERATION_CODES = {name: code for code, name in enumerate(OPERATION_NAMES)}  # 0 = add, 1 = sub, 2 = mul
+
+
+def _by_operation(operations: np.ndarray | None, rows: int) -> list[tuple[Operation, np.ndarray]]:
+    """``[(operation, row indices)]`` for the operations present (``None``: every row is an addition)."""
+    if operations is None:
+        return [(OPERATIONS["add"], np.arange(rows))]
+    return [(OPERATIONS[name], np.flatnonzero(operations == code)) for name, code in OPERATION_CODES.items()
+            if (operations == code).any()]
+
+
+def _interleave(pieces: list[tuple[np.ndarray, bytes]], rows: int) -> bytes:
+    """Lines rendered per operation (``(row indices, bytes of their lines)``) put back in row order."""
+    if len(pieces) == 1:
+        return pieces[0][1]
+    lines: list[bytes] = [b""] * rows
+    for index, content in pieces:
+        for row, line in zip(index.tolist(), content.split(b"\n")[:-1]):
+            lines[row] = line + b"\n"
+    return b"".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------
 # Splits and datasets
 # ----------------------------------------------------------------------------------------------
@@ -516,16 +685,38 @@ class Split(Sequence):
     >>> split = Split("train", np.array([[658, 189]]), np.array([2]), "cot")
     >>> split[0]["text"]
     '658+189=<think>8+9=17 5+8+1=14 6+1+1=8</think>847<end>'
+    >>> Split("test", np.array([[658, 189]]), np.array([2]), "cot", np.array([1])).texts
+    ['658-189=<think>8-9=-1 5-8-1=-4 6-1-1=4</think>469<end>']
+
+    ``operations`` holds each row's ``OPERATION_CODES`` value (None: every row is an addition).
     """
 
-    def __init__(self, name: str, operands: np.ndarray, num_operands: np.ndarray, fmt: str = "cot"):
+    def __init__(self, name: str, operands: np.ndarray, num_operands: np.ndarray, fmt: str = "cot",
+                 operations: np.ndarray | None = None):
         self.name = name
         self.fmt = fmt
         self.operands = np.asarray(operands, dtype=np.int64)  # [rows, max_operands], 0 past num_operands
         self.num_operands = np.asarray(num_operands, dtype=np.int64)
-        self.answers = self.operands.sum(axis=1)
+        if operations is not None:
+            operations = np.asarray(operations, dtype=np.int64)
+            if not operations.any():
+                operations = None
+        self.operations = operations
         self.num_digits = num_digits_array(self.operands.max(axis=1)) if len(self) else np.zeros(0, dtype=np.int64)
-        self.num_carries = count_carries_array(self.operands)
+        if operations is None:
+            self.answers = self.operands.sum(axis=1)
+            self.num_carries = count_carries_array(self.operands)
+        else:  # carries, or borrows for subtraction rows
+            self.answers = np.zeros(len(self), dtype=np.int64)
+            self.num_carries = np.zeros(len(self), dtype=np.int64)
+            for op, rows in _by_operation(operations, len(self)):
+                block = self.operands[rows]
+                if op.name == "add":
+                    self.answers[rows] = block.sum(axis=1)
+                    self.num_carries[rows] = count_carries_array(block)
+                else:
+                    self.answers[rows] = _pair_answers(op, block[:, 0], block[:, 1])
+                    self.num_carries[rows] = _pair_counts(op, block[:, 0], block[:, 1])
         self._texts: list[str] | None = None
 
     def __len__(self) -> int:
@@ -533,9 +724,19 @@ class Split(Sequence):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Split(self.name, self.operands[index], self.num_operands[index], self.fmt)
+            ops = None if self.operations is None else self.operations[index]
+            return Split(self.name, self.operands[index], self.num_operands[index], self.fmt, ops)
         row = self.operands[index]
-        return make_example(row[: self.num_operands[index]].tolist(), self.fmt)
+        return make_example(row[: self.num_operands[index]].tolist(), self.fmt, self.operation_of(index))
+
+    def operation_of(self, index: int) -> str:
+        """The operation of row ``index`` by name (``"add"``, ``"sub"``, ``"mul"``)."""
+        return "add" if self.operations is None else OPERATION_NAMES[int(self.operations[index])]
+
+    def operation_names(self) -> np.ndarray:
+        """Every row's operation by name."""
+        codes = np.zeros(len(self), dtype=np.int64) if self.operations is None else self.operations
+        return np.array(OPERATION_NAMES)[codes]
 
     def __repr__(self) -> str:
         return f"Split({self.name!r}, {len(self):,} examples, format={self.fmt!r})"
@@ -547,13 +748,18 @@ class Split(Sequence):
         return [row[:n] for row, n in zip(self.operands.tolist(), self.num_operands.tolist())]
 
     def operand_tuples(self) -> list[tuple[int, ...]]:
-        return [tuple(ops) for ops in self.operand_lists()]
+        """Each problem's operands as a tuple; for a split with subtraction or multiplication the problem's
+        operation name comes first (``("sub", 658, 189)``), since ``658-189`` and ``658+189`` are different
+        problems."""
+        if self.operations is None:
+            return [tuple(ops) for ops in self.operand_lists()]
+        return [(name, *ops) for name, ops in zip(self.operation_names().tolist(), self.operand_lists())]
 
     @property
     def texts(self) -> list[str]:
         """Every example's text, rendered at once (cached)."""
         if self._texts is None:
-            self._texts = render_texts(self.operands, self.num_operands, self.fmt)
+            self._texts = render_texts(self.operands, self.num_operands, self.fmt, self.operations)
         return self._texts
 
     def jsonl_chunks(self, chunk_rows: int = 1 << 13, progress: bool = False) -> Iterator[bytes]:
@@ -563,7 +769,16 @@ class Split(Sequence):
         for start in tqdm(range(0, len(self), chunk_rows), desc=f"writing {self.name}", disable=not progress,
                           leave=False):
             rows = slice(start, start + chunk_rows)
-            yield _render_jsonl(self.operands[rows], self.num_operands[rows], self.num_carries[rows], self.fmt)
+            operands, num_operands, counts = self.operands[rows], self.num_operands[rows], self.num_carries[rows]
+            operations = None if self.operations is None else self.operations[rows]
+            pieces = []
+            for op, index in _by_operation(operations, len(operands)):
+                if op.name == "add":
+                    content = _render_jsonl(operands[index], num_operands[index], counts[index], self.fmt)
+                else:
+                    content = _render_pair_jsonl(op, operands[index, 0], operands[index, 1], counts[index], self.fmt)
+                pieces.append((index, content))
+            yield _interleave(pieces, len(operands))
 
     def to_jsonl(self) -> bytes:
         """The split's whole file content."""
@@ -597,7 +812,7 @@ def _shapes(max_digits: int, max_operands: int) -> list[tuple[int, ...]]:
             for lengths in itertools.product(range(1, max_digits + 1), repeat=n)]
 
 
-def _check_arguments(num_examples, max_digits, max_operands, fmt, ratios) -> None:
+def _check_arguments(num_examples, max_digits, max_operands, fmt, ratios, operations=("add",)) -> None:
     if not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
         raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
     if not 1 <= max_digits <= MAX_DIGITS_LIMIT:
@@ -608,6 +823,13 @@ def _check_arguments(num_examples, max_digits, max_operands, fmt, ratios) -> Non
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise ValueError(f"train/val/test ratios must be >= 0 and add up to 1, got {ratios}")
+    pairs = [name for name in operations if name != "add"]
+    if pairs and max_digits > MAX_PAIR_DIGITS_LIMIT:
+        raise ValueError(f"max_digits must be in 1..{MAX_PAIR_DIGITS_LIMIT} for {', '.join(pairs)}, got {max_digits}")
+    if pairs and max_operands > 2 and "add" not in operations:
+        raise ValueError(f"{' and '.join(OPERATIONS[n].title for n in pairs)} take{'s' if len(pairs) == 1 else ''} "
+                         "exactly 2 operands; "
+                         f"max_operands={max_operands} applies to addition only")
 
 
 def generate_command(**arguments: Any) -> str:
@@ -618,40 +840,88 @@ def generate_command(**arguments: Any) -> str:
     return shlex.join(["python", "scripts/generate_data.py", *flags])
 
 
-def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_operands: int = 2, seed: int = 42,
-                     fmt: str = "cot", train_ratio: float = 0.8, val_ratio: float = 0.1, test_ratio: float = 0.1,
-                     progress: bool | None = None) -> Dataset:
-    """Balanced, distinct addition problems split into train/val/test (see the module docstring).
+def _numbers_of_length(length: int) -> int:
+    """How many numbers have exactly ``length`` digits (0 counts as one digit)."""
+    return 10 if length == 1 else 9 * 10 ** (length - 1)
 
-    >>> ds = generate_dataset(num_examples=1000, max_digits=3, seed=0)
-    >>> ds
-    Dataset(train=800, val=100, test=100, format='cot')
-    >>> ds["train"][0]["text"]
-    '8+96=<think>8+6=14 0+9+1=10</think>104<end>'
 
-    Same arguments, same splits (byte for byte once written). ``progress=None`` shows a bar for big jobs.
-    """
-    ratios = (train_ratio, val_ratio, test_ratio)
-    _check_arguments(num_examples, max_digits, max_operands, fmt, ratios)
+def _pair_shapes(op: Operation, max_digits: int) -> list[tuple[int, int]]:
+    """The operand-length pairs of an operation: ``a >= b`` leaves subtraction only ``len(a) >= len(b)``."""
+    return [(la, lb) for la in range(1, max_digits + 1) for lb in range(1, max_digits + 1)
+            if op.name != "sub" or lb <= la]
+
+
+def _pair_capacity(op: Operation, la: int, lb: int) -> int:
+    """Distinct problems of one shape: ``_pair_capacity(sub, 1, 1) == 55`` (a >= b), ``(mul, 1, 1) == 100``."""
+    na, nb = _numbers_of_length(la), _numbers_of_length(lb)
+    return na * (na + 1) // 2 if op.name == "sub" and la == lb else na * nb
+
+
+def _distinct_pairs(op: Operation, la: int, lb: int, quota: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``quota`` distinct problems of shape (la, lb), a uniform subset (``a >= b`` for subtraction)."""
+    low_a, low_b = (0 if la == 1 else 10 ** (la - 1)), (0 if lb == 1 else 10 ** (lb - 1))
+    capacity = _pair_capacity(op, la, lb)
+    ordered = op.name == "sub" and la == lb
+    if capacity <= min(ENUMERATE_LIMIT, 16 * quota):  # enumerating is about as cheap as drawing
+        a, b = (g.ravel() for g in np.meshgrid(np.arange(low_a, 10**la), np.arange(low_b, 10**lb), indexing="ij"))
+        if ordered:
+            a, b = a[a >= b], b[a >= b]
+        if quota < len(a):
+            rows = np.sort(rng.choice(len(a), size=quota, replace=False))
+            a, b = a[rows], b[rows]
+        return a.astype(np.int64), b.astype(np.int64)
+    # Draw with repeats, keep the first occurrences in draw order (a uniform subset), top up until enough.
+    kept_a, kept_b = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    while True:
+        missing = quota - len(kept_a)
+        fresh = max(1.0 - len(kept_a) / capacity, 0.01)  # P(not a repeat)
+        count = int(missing / fresh * (2.2 if ordered else 1.1)) + 8
+        a, b = rng.integers(low_a, 10**la, count), rng.integers(low_b, 10**lb, count)
+        if ordered:  # rejection keeps the pairs uniform over a >= b
+            a, b = a[a >= b], b[a >= b]
+        a, b = np.concatenate([kept_a, a]), np.concatenate([kept_b, b])
+        _, first = np.unique(a * 10**lb + b, return_index=True)
+        first.sort()
+        kept_a, kept_b = a[first[:quota]], b[first[:quota]]
+        if len(kept_a) == quota:
+            return kept_a, kept_b
+
+
+@dataclass
+class _Problems:
+    """Problems of one operation: operands ``[rows, width]`` (0 past num_operands), and per row the number of
+    carries (borrows) the stratum promised, which the rendered split must reproduce."""
+
+    operands: np.ndarray
+    num_operands: np.ndarray
+    counts: np.ndarray
+    available: int
+    shape_counts: dict[str, int]
+
+
+def _addition_problems(num_examples: int, max_digits: int, max_operands: int, rng: np.random.Generator,
+                       progress: bool, requested: int | None = None) -> _Problems:
+    """Balanced distinct additions (shapes, then carries; see the module docstring). ``requested``: the number of
+    problems the user asked for, when this is the only operation (a warning says when fewer exist)."""
     from tqdm.auto import tqdm
 
-    progress = num_examples >= 500_000 if progress is None else progress
-    rng = np.random.default_rng(seed)
     shapes = _shapes(max_digits, max_operands)
     tables = [_Shape.build(lengths) for lengths in shapes]
     capacity = np.stack([t.capacity[: max_digits + 1] for t in tables])
     available = count_distinct_problems(max_digits, max_operands)
     exhausted = num_examples >= available
-    if exhausted:
+    if exhausted and requested is not None:
         logger.warning(
             "asked for %s examples but only %s distinct problems exist with max_digits=%d, max_operands=%d: "
-            "generating all of them", f"{num_examples:,}", f"{available:,}", max_digits, max_operands)
+            "generating all of them", f"{requested:,}", f"{available:,}", max_digits, max_operands)
     quotas = capacity.astype(np.int64) if exhausted else balanced_quotas(num_examples, shapes, capacity)
 
     operands = np.zeros((int(quotas.sum()), max_operands), dtype=np.int64)
     num_operands = np.zeros(len(operands), dtype=np.int64)
     expected_carries = np.zeros(len(operands), dtype=np.int64)
     row = 0
+    shape_counts = {}
     for shape, shape_quotas in tqdm(list(zip(tables, quotas)), desc="sampling strata", disable=not progress):
         if not shape_quotas.any():
             continue
@@ -660,24 +930,116 @@ def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_opera
         operands[rows, : len(shape.lengths)] = block
         num_operands[rows] = len(shape.lengths)
         expected_carries[rows] = block_carries
+        shape_counts["+".join(map(str, shape.lengths))] = len(block)
         row += len(block)
     if row != len(operands):
         raise RuntimeError("internal error: a stratum gave fewer problems than its capacity said")
+    return _Problems(operands, num_operands, expected_carries, available, shape_counts)
+
+
+def _pair_problems(op: Operation, num_examples: int, max_digits: int, rng: np.random.Generator) -> _Problems:
+    """Distinct subtraction or multiplication problems, equal shares per shape (capped by what each has)."""
+    shapes = _pair_shapes(op, max_digits)
+    capacity = np.array([_pair_capacity(op, la, lb) for la, lb in shapes], dtype=np.int64)
+    total = int(min(num_examples, capacity.sum()))
+    quotas = _fill_whole(total, np.ones(len(shapes)), capacity.astype(float))
+    blocks = [_distinct_pairs(op, la, lb, int(q), rng) for (la, lb), q in zip(shapes, quotas) if q]
+    a = np.concatenate([blk[0] for blk in blocks]) if blocks else np.zeros(0, dtype=np.int64)
+    b = np.concatenate([blk[1] for blk in blocks]) if blocks else np.zeros(0, dtype=np.int64)
+    shape_counts = {f"{la}{op.symbol}{lb}": int(q) for (la, lb), q in zip(shapes, quotas) if q}
+    return _Problems(np.stack([a, b], axis=1), np.full(len(a), 2, dtype=np.int64), _pair_counts(op, a, b),
+                     int(capacity.sum()), shape_counts)
+
+
+def _available(name: str, max_digits: int, max_operands: int) -> int:
+    if name == "add":
+        return count_distinct_problems(max_digits, max_operands)
+    op = OPERATIONS[name]
+    return sum(_pair_capacity(op, la, lb) for la, lb in _pair_shapes(op, max_digits))
+
+
+def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_operands: int = 2, seed: int = 42,
+                     fmt: str = "cot", train_ratio: float = 0.8, val_ratio: float = 0.1, test_ratio: float = 0.1,
+                     progress: bool | None = None, whole_strata_below: int = 0,
+                     operation: str | Sequence[str] = "add") -> Dataset:
+    """Balanced, distinct problems split into train/val/test (see the module docstring).
+
+    >>> ds = generate_dataset(num_examples=1000, max_digits=3, seed=0)
+    >>> ds
+    Dataset(train=800, val=100, test=100, format='cot')
+    >>> ds["train"][0]["text"]
+    '8+96=<think>8+6=14 0+9+1=10</think>104<end>'
+    >>> generate_dataset(num_examples=1000, max_digits=3, seed=0, operation="sub")["train"][0]["text"]
+    '91-16=<think>1-6=-5 9-1-1=7</think>75<end>'
+
+    Same arguments, same splits (byte for byte once written). ``progress=None`` shows a bar for big jobs.
+    ``operation``: ``"add"``, ``"sub"``, ``"mul"`` or a comma list (``"add,sub"``) that gives each operation an
+    equal share; subtraction and multiplication have two operands (``max_operands`` is addition's).
+
+    ``whole_strata_below`` n: a stratum (an operation and a tuple of operand lengths) with fewer than n distinct
+    problems goes to the training split whole. It is a table the model must know rather than a rule to generalise:
+    there are only 100 one-digit addition pairs (55 one-digit subtractions), written without a think block, and a
+    model that sees 80 of them has nothing to compute the other 20 from. (0: every stratum is split like the rest.)
+    """
+    operations = parse_operations(operation)
+    ratios = (train_ratio, val_ratio, test_ratio)
+    _check_arguments(num_examples, max_digits, max_operands, fmt, ratios, operations)
+    progress = num_examples >= 500_000 if progress is None else progress
+    rng = np.random.default_rng(seed)
+    single_add = operations == ("add",)
+    available_per = np.array([_available(name, max_digits, max_operands) for name in operations])
+    available = int(available_per.sum())
+    exhausted = num_examples >= available
+    if exhausted and not single_add:
+        logger.warning("asked for %s examples but only %s distinct %s problems exist with max_digits=%d: "
+                       "generating all of them", f"{num_examples:,}", f"{available:,}", "/".join(operations),
+                       max_digits)
+    shares = _fill_whole(min(num_examples, available), np.ones(len(operations)), available_per.astype(float))
+    parts = []
+    for name, share in zip(operations, shares):
+        if name == "add":
+            parts.append(_addition_problems(int(share), max_digits, max_operands, rng, progress,
+                                            num_examples if single_add else None))
+        else:
+            parts.append(_pair_problems(OPERATIONS[name], int(share), max_digits, rng))
+    width = max_operands if "add" in operations else 2
+    operands = np.zeros((sum(len(p.operands) for p in parts), width), dtype=np.int64)
+    row = 0
+    for part in parts:
+        operands[row : row + len(part.operands), : part.operands.shape[1]] = part.operands
+        row += len(part.operands)
+    num_operands = np.concatenate([p.num_operands for p in parts])
+    expected_counts = np.concatenate([p.counts for p in parts])
+    codes = np.concatenate([np.full(len(p.operands), OPERATION_CODES[name]) for name, p in zip(operations, parts)])
 
     order = rng.permutation(len(operands))
-    operands, num_operands, expected_carries = operands[order], num_operands[order], expected_carries[order]
+    if whole_strata_below > 0:  # the small strata first, so that they all land in the training split
+        lengths = num_digits_array(operands) * (np.arange(width)[None, :] < num_operands[:, None])
+        strata = np.concatenate([codes[:, None], lengths], axis=1)
+        _, stratum_of, stratum_sizes = np.unique(strata, axis=0, return_inverse=True, return_counts=True)
+        small = stratum_sizes[stratum_of.ravel()] < whole_strata_below
+        order = np.concatenate([order[small[order]], order[~small[order]]])
+        if small.sum() > int(round(len(operands) * train_ratio)):
+            raise ValueError(f"whole_strata_below={whole_strata_below}: the small strata hold {int(small.sum())} "
+                             "problems, more than the training split")
+    operands, num_operands, expected_counts = operands[order], num_operands[order], expected_counts[order]
+    codes = codes[order]
     total = len(operands)
     n_train = int(round(total * train_ratio))
     n_val = min(int(round(total * val_ratio)), total - n_train)
     bounds = dict(zip(SPLITS, [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, total)]))
-    splits = {name: Split(name, operands[a:b], num_operands[a:b], fmt) for name, (a, b) in bounds.items()}
-    got_carries = np.concatenate([s.num_carries for s in splits.values()])
-    if not np.array_equal(got_carries, expected_carries):
+    splits = {name: Split(name, operands[a:b], num_operands[a:b], fmt, None if single_add else codes[a:b])
+              for name, (a, b) in bounds.items()}
+    got_counts = np.concatenate([s.num_carries for s in splits.values()])
+    if not np.array_equal(got_counts, expected_counts):
         raise AssertionError("internal error: a drawn problem does not have its stratum's number of carries")
 
     arguments = dict(num_examples=num_examples, max_digits=max_digits, max_operands=max_operands, seed=seed,
                      fmt=fmt, train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio)
-    carries_hist = np.bincount(expected_carries, minlength=max_digits + 1)
+    if whole_strata_below:
+        arguments["whole_strata_below"] = whole_strata_below
+    if not single_add:
+        arguments["operation"] = ",".join(operations)
     meta = {
         "arguments": arguments,
         "command": generate_command(**arguments),
@@ -685,17 +1047,45 @@ def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_opera
         "counts": {name: len(split) for name, split in splits.items()},
         "distinct_problems_available": available,
         "exhausted": exhausted,
-        "num_carries_counts": {str(c): int(k) for c, k in enumerate(carries_hist)},
-        "num_operands_counts": {str(n): int((num_operands == n).sum()) for n in range(2, max_operands + 1)},
-        "balancing": "equal shares for each number of operands, then each tuple of operand lengths, then each "
-                     "number of carries, capped by the distinct problems each has",
-        "fields": list(FIELDS),
-        "mathllm_version": mathllm.__version__,
-        "code_version": code_version(),
     }
+    if single_add:
+        carries_hist = np.bincount(expected_counts, minlength=max_digits + 1)
+        meta["num_carries_counts"] = {str(c): int(k) for c, k in enumerate(carries_hist)}
+        meta["num_operands_counts"] = {str(n): int((num_operands == n).sum()) for n in range(2, max_operands + 1)}
+        meta["balancing"] = ("equal shares for each number of operands, then each tuple of operand lengths, then "
+                             "each number of carries, capped by the distinct problems each has")
+        meta["fields"] = list(FIELDS)
+    else:
+        meta["operation_counts"] = {name: int((codes == OPERATION_CODES[name]).sum()) for name in operations}
+        meta["shape_counts"] = {shape: n for part in parts for shape, n in part.shape_counts.items()}
+        for name in operations:
+            field_name = OPERATIONS[name].count_field
+            hist = np.bincount(expected_counts[codes == OPERATION_CODES[name]])
+            meta[f"{field_name}_counts_{name}"] = {str(c): int(k) for c, k in enumerate(hist) if k}
+        meta["balancing"] = (
+            "equal shares for each operation, capped by the distinct problems each has; within subtraction and "
+            "multiplication, equal shares for each pair of operand lengths (a >= b for subtraction), capped the "
+            "same way, problems uniform within it (borrows and carries are not balanced)"
+            + ("; within addition, equal shares for each number of operands, then each tuple of operand lengths, "
+               "then each number of carries" if "add" in operations else ""))
+        meta["fields"] = sorted({f for name in operations for f in _fields_of(OPERATIONS[name])},
+                                key=lambda f: _ALL_FIELDS.index(f))
+    meta["mathllm_version"] = mathllm.__version__
+    meta["code_version"] = code_version()
     if exhausted:
         meta["note"] = (f"asked for {num_examples:,} examples; all {available:,} distinct problems were generated")
     return Dataset(splits, meta)
+
+
+_ALL_FIELDS = ("text", "prompt", "operands", "answer", "num_digits", "num_operands", "num_carries", "num_borrows",
+               "format", "operation")
+
+
+def _fields_of(op: Operation) -> tuple[str, ...]:
+    """The fields of a line of this operation, in file order."""
+    fields = [f for f in FIELDS if f != "num_carries"]
+    fields.insert(fields.index("format"), op.count_field)
+    return tuple(fields) + (("operation",) if op.name != "add" else ())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -779,12 +1169,21 @@ def _read_records(path: Path, content: bytes) -> list[dict[str, Any]]:
 INTEGER_FIELDS = ("answer", "num_digits", "num_operands", "num_carries")
 
 
+def _record_operation(record: dict[str, Any], where: str) -> Operation:
+    name = record.get("operation", "add")
+    if name not in OPERATIONS:
+        raise ValueError(f"{where}: unknown operation {name!r}; known: {', '.join(OPERATION_NAMES)}")
+    return OPERATIONS[name]
+
+
 def _check_record(record: dict[str, Any], where: str) -> None:
     """Everything one line needs, with a message that says what is wrong (``where`` is ``"file:line"``)."""
-    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    op = _record_operation(record, where)
+    required = [f for f in _fields_of(op) if f not in ("prompt", "operation")]
+    missing = [f for f in required if f not in record]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; a line looks like "
-                         f"{json.dumps(make_example([12, 34]))}")
+        example = make_example([12, 34]) if op.name == "add" else make_example([34, 12], "cot", op)
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; a line looks like {json.dumps(example)}")
     text, operands = record["text"], record["operands"]
     if not isinstance(text, str):
         raise ValueError(f"{where}: 'text' must be a string, got {type(text).__name__}")
@@ -802,7 +1201,15 @@ def _check_record(record: dict[str, Any], where: str) -> None:
     if len(operands) > MAX_OPERANDS_LIMIT or max(operands) >= 10**MAX_DIGITS_LIMIT:
         raise ValueError(f"{where}: operands {operands!r} are beyond what mathllm handles "
                          f"({MAX_OPERANDS_LIMIT} operands of {MAX_DIGITS_LIMIT} digits)")
-    for name in INTEGER_FIELDS:
+    if op.name != "add":
+        try:
+            op.check(operands)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if max(operands) >= 10**MAX_PAIR_DIGITS_LIMIT:
+            raise ValueError(f"{where}: operands {operands!r} are beyond what mathllm handles for {op.title} "
+                             f"({MAX_PAIR_DIGITS_LIMIT} digits)")
+    for name in ("answer", "num_digits", "num_operands", op.count_field):
         if type(record[name]) is not int:
             raise ValueError(f"{where}: {name!r} must be an integer, got {record[name]!r}")
     if record["format"] not in FORMATS:
@@ -810,7 +1217,7 @@ def _check_record(record: dict[str, Any], where: str) -> None:
 
 
 def _records_look_right(records: list[dict[str, Any]]) -> bool:
-    """``_check_record`` for all records at once, column by column (fast; no message)."""
+    """``_check_record`` for all records at once, column by column (fast; no message; additions only)."""
     try:
         texts = [r["text"] for r in records]
         operands = [r["operands"] for r in records]
@@ -819,7 +1226,8 @@ def _records_look_right(records: list[dict[str, Any]]) -> bool:
     except KeyError:
         return False
     limit = 10**MAX_DIGITS_LIMIT
-    return (all(type(t) is str and "=" in t for t in texts)
+    return (all("operation" not in r for r in records)
+            and all(type(t) is str and "=" in t for t in texts)
             and all(type(o) is list and 2 <= len(o) <= MAX_OPERANDS_LIMIT for o in operands)
             and all(type(x) is int and 0 <= x < limit for o in operands for x in o)
             and all(type(v) is int for column in integers for v in column)
@@ -831,9 +1239,9 @@ def load_split(path: str | os.PathLike, check_consistency: bool = True) -> list[
 
     A malformed line raises ``ValueError("data/train.jsonl:17: ...")``: bad JSON, a missing field, text that
     does not tokenize (naming the character), and, with ``check_consistency``, a text, answer or count that
-    does not match the operands (``"12+34=47<end>"`` for ``[12, 34]``). A missing file or directory says which
-    command generates it. A file exactly as ``write_dataset`` wrote it is checked at once by writing it again
-    from its operands and comparing the bytes.
+    does not match the operands (``"12+34=47<end>"`` for ``[12, 34]``), for every operation. A missing file or
+    directory says which command generates it. A file exactly as ``write_dataset`` wrote it is checked at once by
+    writing it again from its operands and comparing the bytes.
     """
     path = Path(path)
     _require_file(path)
@@ -852,6 +1260,16 @@ def load_split(path: str | os.PathLike, check_consistency: bool = True) -> list[
     return records
 
 
+def _operand_array(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    operand_lists = [r["operands"] for r in records]
+    num_operands = np.array([len(o) for o in operand_lists], dtype=np.int64)
+    operands = np.zeros((len(records), int(num_operands.max())), dtype=np.int64)
+    for n in np.unique(num_operands):
+        rows = np.flatnonzero(num_operands == n)
+        operands[rows, :n] = np.array([operand_lists[i] for i in rows.tolist()], dtype=np.int64)
+    return operands, num_operands
+
+
 def _is_canonical(records: list[dict[str, Any]], content: bytes, name: str) -> bool:
     """Whether ``content`` is byte for byte the file ``write_dataset`` writes for these records' operands
     (then every field of every line is right, and the line-by-line checks can be skipped)."""
@@ -859,29 +1277,33 @@ def _is_canonical(records: list[dict[str, Any]], content: bytes, name: str) -> b
         fmt = records[0]["format"]
         if fmt not in FORMATS or any(r["format"] != fmt for r in records):
             return False
-        operand_lists = [r["operands"] for r in records]
-        num_operands = np.array([len(o) for o in operand_lists], dtype=np.int64)
+        num_operands = np.array([len(r["operands"]) for r in records], dtype=np.int64)
         if not 2 <= num_operands.min() <= num_operands.max() <= MAX_OPERANDS_LIMIT:
             return False
-        operands = np.zeros((len(records), int(num_operands.max())), dtype=np.int64)
-        for n in np.unique(num_operands):
-            rows = np.flatnonzero(num_operands == n)
-            operands[rows, :n] = np.array([operand_lists[i] for i in rows.tolist()], dtype=np.int64)
+        operands, num_operands = _operand_array(records)
         if not 0 <= operands.min() <= operands.max() < 10**MAX_DIGITS_LIMIT:
             return False
-        return Split(name, operands, num_operands, fmt).to_jsonl() == content
+        operations = None
+        if any("operation" in r for r in records):
+            operations = np.array([OPERATION_CODES[r.get("operation", "add")] for r in records], dtype=np.int64)
+            pairs = operations > 0
+            if pairs.any() and (num_operands[pairs].max() != 2 or operands[pairs].max() >= 10**MAX_PAIR_DIGITS_LIMIT
+                                or (operands[operations == OPERATION_CODES["sub"], 0]
+                                    < operands[operations == OPERATION_CODES["sub"], 1]).any()):
+                return False
+        return Split(name, operands, num_operands, fmt, operations).to_jsonl() == content
     except (KeyError, TypeError, ValueError, OverflowError):
         return False
 
 
 def _check_consistency(records: list[dict[str, Any]], path: Path) -> None:
-    """Every field must be what ``make_example`` gives for the operands (checked vectorised, per format)."""
-    operand_lists = [r["operands"] for r in records]
-    num_operands = np.array([len(o) for o in operand_lists], dtype=np.int64)
-    operands = np.zeros((len(records), int(num_operands.max())), dtype=np.int64)
-    for n in np.unique(num_operands):
-        rows = np.flatnonzero(num_operands == n)
-        operands[rows, :n] = np.array([operand_lists[i] for i in rows.tolist()], dtype=np.int64)
+    """Every field must be what ``make_example`` gives for the operands (checked vectorised, per format; lines of
+    subtraction and multiplication one by one)."""
+    if any("operation" in r for r in records):
+        for number, record in enumerate(records, start=1):
+            _check_example_line(record, f"{path}:{number}")
+        return
+    operands, num_operands = _operand_array(records)
     split = Split(path.stem, operands, num_operands)
 
     def first_difference(got: list, expected: list, rows: list[int]) -> int | None:
@@ -913,6 +1335,74 @@ def _check_consistency(records: list[dict[str, Any]], path: Path) -> None:
     row = first_difference(prompts, expected_prompts, every_row)
     if row is not None:
         raise ValueError(f"{path}:{row + 1}: prompt {prompts[row]!r} is not the start of the text")
+
+
+def _check_example_line(record: dict[str, Any], where: str) -> None:
+    """One line of any operation against ``make_example`` of its operands (its format, its operation)."""
+    _check_record(record, where)
+    op = _record_operation(record, where)
+    expected = make_example(record["operands"], record["format"], op)
+    for name in ("answer", "num_digits", "num_operands", op.count_field):
+        if record[name] != expected[name]:
+            raise ValueError(f"{where}: {name} is {record[name]} but {op.title} of {record['operands']} gives "
+                             f"{expected[name]}")
+    if record["text"] != expected["text"]:
+        raise ValueError(f"{where}: text {record['text']!r} does not match its operands {record['operands']} in "
+                         f"format {record['format']!r}; expected {expected['text']!r}")
+    if record.get("prompt", expected["prompt"]) != expected["prompt"]:
+        raise ValueError(f"{where}: prompt {record['prompt']!r} is not the start of the text")
+
+
+def load_problems(path: str | os.PathLike, fmt: str | None = None) -> list[dict[str, Any]]:
+    """A list of problems to evaluate, each line needing only ``prompt`` and ``answer``, rendered in ``fmt``.
+
+    Every other field is optional and ignored (a data file of ``write_dataset`` reads as its problems): a line
+    such as ``{"prompt": "658-189=", "answer": 469}`` becomes ``make_example([658, 189], fmt, "sub")``, so that a
+    model is evaluated in the format it was trained on (``fmt=None``: the line's own ``format``, else cot). A line
+    whose prompt does not parse, whose operation cannot take its operands (``3-7=``), or whose answer is wrong is a
+    ``ValueError`` naming the file and line.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "mine.jsonl"
+    >>> _ = path.write_text('{"prompt": "12*34=", "answer": 408, "source": "homework"}\\n')
+    >>> load_problems(path, "cot")[0]["text"]
+    '12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>'
+    """
+    path = Path(path)
+    _require_file(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    records = _read_records(path, path.read_bytes())
+    examples = []
+    for number, record in enumerate(records, start=1):
+        where = f"{path}:{number}"
+        missing = [f for f in ("prompt", "answer") if f not in record]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; a line needs at least "
+                             '{"prompt": "658+189=", "answer": 847}')
+        prompt, answer = record["prompt"], record["answer"]
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where}: 'prompt' must be a string such as \"658+189=\", got {prompt!r}")
+        if type(answer) is not int:
+            raise ValueError(f"{where}: 'answer' must be an integer, got {answer!r}")
+        text = prompt.strip().replace(" ", "")
+        try:
+            symbol, operands = parse_prompt(text if text.endswith("=") else text + "=")
+            op = get_operation(symbol)
+            operands = op.check(operands)
+        except ValueError as err:
+            raise ValueError(f"{where}: prompt {prompt!r} does not parse: {err}") from None
+        if max(operands) >= 10 ** (MAX_DIGITS_LIMIT if op.name == "add" else MAX_PAIR_DIGITS_LIMIT) \
+                or len(operands) > MAX_OPERANDS_LIMIT:
+            raise ValueError(f"{where}: prompt {prompt!r} is beyond what mathllm handles")
+        true = op.answer(operands)
+        if answer != true:
+            raise ValueError(f"{where}: answer {answer} is wrong for {op.prompt(operands)} (it is {true})")
+        line_fmt = fmt or record.get("format") or "cot"
+        if line_fmt not in FORMATS:
+            raise ValueError(f"{where}: unknown format {line_fmt!r}; known: {', '.join(FORMATS)}")
+        examples.append(make_example(operands, line_fmt, op))
+    return examples
 
 
 def load_meta(data_dir: str | os.PathLike = "data") -> dict[str, Any]:

@@ -11,15 +11,20 @@ generation with a KV cache for teacher forcing) until ``<end>``:
 * **token accuracy**: under teacher forcing, the share of completion tokens (in the mode's own format) whose
   argmax prediction is the true next token.
 
-Results are also broken down by number of digits, number of carries, number of operands and *stratum* (the tuple
-of operand lengths, ``"3+1"`` for ``658+7``), and the worst stratum is reported beside the overall figure with
-its n, because an average over a test split dominated by one stratum hides the rest. Every function
+Results are also broken down by operation (``add``, ``sub``, ``mul``), number of digits, number of carries (of
+borrows, for subtraction), number of operands and *stratum* (the operation and the operand lengths, ``"3+1"`` for
+``658+7``, ``"3*3"`` for ``123*456``), and the worst stratum is reported beside the overall figure with its n,
+because an average over a test split dominated by one stratum hides the rest. Where a file mixes operations that
+both count carries (addition and multiplication), the carry cells are keyed by the operator too (``"*4"``). Every function
 takes a bare model (used as a teacher-forcing one) or a ``TrainedModel`` from ``mathllm.checkpoints.load``,
 whose mode says how it is used::
 
     trained = load("checkpoints/add3_cot")
     results = evaluate_examples(trained, load_split("data/test.jsonl"))
     print(format_report(results))
+
+``evaluate_file`` reads a user's own list of problems (lines holding only ``prompt`` and ``answer``, any
+operation) and renders each in the format the checkpoint was trained on.
 """
 
 from __future__ import annotations
@@ -33,14 +38,15 @@ import torch
 
 from mathllm.batches import LengthGroupedData
 from mathllm.checkpoints import TrainedModel
-from mathllm.data import load_split
+from mathllm.data import example_operation, load_problems, load_split
 from mathllm.text import parse_answer, parse_completion, parse_prompt, split_prompt
 from mathllm.tokenizer import END_THINK_ID, EQUALS_ID, PAUSE_ID, TOKENIZER
 from mathllm.training_mode import TrainingMode
 from mathllm.utils import atomic_write_json
 
 BREAKDOWNS = (("by_num_digits", "num_digits"), ("by_num_carries", "num_carries"), ("by_num_operands", "num_operands"),
-              ("by_stratum", "stratum"))
+              ("by_stratum", "stratum"), ("by_operation", "operation"), ("by_num_borrows", "num_borrows"))
+OPERATION_ORDER = {"add": 0, "sub": 1, "mul": 2}
 MIN_STRATUM_COUNT = 20  # strata with fewer problems are listed but not ranked as the worst
 
 
@@ -161,7 +167,9 @@ def evaluate_examples(model, examples: Sequence[dict[str, Any]], batch_size: int
     buckets: dict[str, dict[Any, list[int]]] = {key: defaultdict(lambda: [0, 0]) for key, _ in BREAKDOWNS}
     right = think_right = think_total = 0
     failures, records = [], []
-    for ex, prompt, truth, got in zip(examples, prompts, completions, generated):
+    operations = [example_operation(ex) for ex in examples]
+    carry_keyed = len({op.symbol for op in operations if op.count_field == "num_carries"}) > 1
+    for ex, op, prompt, truth, got in zip(examples, operations, prompts, completions, generated):
         fmt = ex.get("format", "cot")
         true_answer = ex.get("answer", parse_answer(truth, fmt))
         answer = parse_answer(got, fmt)
@@ -171,7 +179,10 @@ def evaluate_examples(model, examples: Sequence[dict[str, Any]], batch_size: int
         if true_think is not None:
             think_total += 1
             think_right += parse_completion(got)[0] == true_think
-        labels = {**ex, "stratum": stratum_name(prompt)}
+        labels = {**ex, "stratum": stratum_name(prompt), "operation": (OPERATION_ORDER[op.name], op.name)}
+        if carry_keyed and "num_carries" in labels:  # addition's and multiplication's carries are different things
+            labels["num_carries"] = (OPERATION_ORDER[op.name], f"{op.symbol}{labels['num_carries']}",
+                                     labels["num_carries"])
         for key, name in BREAKDOWNS:
             if name in labels:
                 cell = buckets[key][labels[name]]
@@ -181,11 +192,12 @@ def evaluate_examples(model, examples: Sequence[dict[str, Any]], batch_size: int
             failures.append({"prompt": prompt, "expected": truth, "generated": got})
         if predictions:
             records.append({"prompt": prompt, "completion": got, "answer": answer, "expected_answer": true_answer,
-                            "correct": ok, "stratum": labels["stratum"],
-                            **{k: ex[k] for k in ("num_carries", "num_operands", "num_digits") if k in ex}})
+                            "correct": ok, "stratum": labels["stratum"], "operation": op.name,
+                            **{k: ex[k] for k in ("num_carries", "num_borrows", "num_operands", "num_digits")
+                               if k in ex}})
     n = len(examples)
     scoring, answer_only = mode.scoring_texts(texts, generated) if texts else ([], False)
-    tables = {key: {str(k): {"exact_match": v[0] / v[1], "count": v[1]} for k, v in sorted(table.items())}
+    tables = {key: {_cell_name(k): {"exact_match": v[0] / v[1], "count": v[1]} for k, v in sorted(table.items())}
               for key, table in buckets.items()}
     results = {
         "num_examples": n,
@@ -209,6 +221,12 @@ def evaluate_examples(model, examples: Sequence[dict[str, Any]], batch_size: int
     return results
 
 
+def _cell_name(key: Any) -> str:
+    """A breakdown cell's name: ``3`` -> ``"3"``; the sortable tuples of operations and keyed carries -> their
+    name (``(2, "mul")`` -> ``"mul"``, ``(2, "*4", 4)`` -> ``"*4"``)."""
+    return str(key[1]) if isinstance(key, tuple) else str(key)
+
+
 def evaluate_split(model, path: str | os.PathLike, batch_size: int = 64, device: torch.device | str | None = None,
                    limit: Optional[int] = None, mode: Optional[TrainingMode] = None,
                    predictions: bool = False) -> dict[str, Any]:
@@ -221,6 +239,23 @@ def evaluate_split(model, path: str | os.PathLike, batch_size: int = 64, device:
         examples = examples[:limit]
     results = evaluate_examples(model, examples, batch_size=batch_size, mode=mode, predictions=predictions)
     results["data_path"] = str(path)
+    return results
+
+
+def evaluate_file(model, path: str | os.PathLike, batch_size: int = 64, fmt: Optional[str] = None,
+                  limit: Optional[int] = None, mode: Optional[TrainingMode] = None,
+                  predictions: bool = False) -> dict[str, Any]:
+    """``evaluate_examples`` on a JSONL list of problems whose lines need only ``prompt`` and ``answer``
+    (``mathllm.data.load_problems``), each rendered in ``fmt``: by default the format of the data the model was
+    trained on (a ``TrainedModel``'s record), else each line's own ``format``, else cot."""
+    if fmt is None and isinstance(model, TrainedModel):
+        fmt = model.data_arguments.get("fmt")
+    examples = load_problems(path, fmt)
+    if limit is not None:
+        examples = examples[:limit]
+    results = evaluate_examples(model, examples, batch_size=batch_size, mode=mode, predictions=predictions)
+    results["data_path"] = str(path)
+    results["rendered_format"] = fmt
     return results
 
 
@@ -247,6 +282,8 @@ def format_report(results: dict[str, Any]) -> str:
         lines.append(f"                {results['examples_per_s_plain']:.0f} examples/s (plain greedy decoding, "
                      f"{results['examples_timed_plain']} examples)")
     for key, _ in BREAKDOWNS:
+        if key == "by_operation" and set(results.get(key) or {}) <= {"add"}:
+            continue  # additions only: nothing to break down
         if results.get(key):
             cells = "  ".join(f"{k}: {v['exact_match']:.3f} (n={v['count']})" for k, v in results[key].items())
             lines.append(f"{key:<16}{cells}")
@@ -262,5 +299,5 @@ def iter_failures(results: dict[str, Any]) -> Iterable[str]:
         yield f"{f['prompt']}  expected {f['expected']}  got {f['generated']}"
 
 
-__all__ = ["evaluate_examples", "evaluate_split", "exact_match_texts", "format_report", "generate_completions",
+__all__ = ["evaluate_examples", "evaluate_file", "evaluate_split", "exact_match_texts", "format_report", "generate_completions",
            "iter_failures", "model_and_mode", "save_results", "token_accuracy"]

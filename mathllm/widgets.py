@@ -1,9 +1,10 @@
 """ipywidgets for the notebooks: the arithmetic playground.
 
     Playground(load("checkpoints/add3_cot")).show()      # type 658+189= and press Enter or Run
+    Playground(checkpoints=available_checkpoints()).show()  # with a menu of the models under checkpoints/
 
 The widgets carry stable CSS classes (``mathllm-expression``, ``mathllm-run``, ``mathllm-result``,
-``mathllm-error``) so the browser test (tests/browser) can find them.
+``mathllm-error``, ``mathllm-checkpoint``, ``mathllm-model-info``) so the browser test (tests/browser) can find them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
+from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
-from mathllm.playground import ExpressionError, PlaygroundResult, run_expression
+from mathllm.checkpoints import load
+from mathllm.playground import (ExpressionError, PlaygroundResult, describe_checkpoint, run_expression,
+                                training_operations)
 from mathllm.plots import plot_token_probabilities
 
 
@@ -49,31 +54,84 @@ def result_html(result: PlaygroundResult) -> str:
     return "\n".join(rows)
 
 
-class Playground:
-    """Type an expression, see the model's chain of thought, its answer, and each token's probability."""
+EXAMPLES = {"add": "658+189=", "sub": "658-189=", "mul": "123*45="}
 
-    def __init__(self, model, temperature: float = 0.0, example: str = "658+189="):
+
+class Playground:
+    """Type an expression, see the model's chain of thought, its answer, and each token's probability.
+
+    ``checkpoints`` (name -> directory, e.g. ``mathllm.playground.available_checkpoints()``) adds a menu to switch
+    models; ``model`` is then the one shown first (default: the first in the menu, loaded on ``device``).
+    """
+
+    def __init__(self, model=None, temperature: float = 0.0, example: str | None = None,
+                 checkpoints: Mapping[str, str | Path] | None = None, selected: str | None = None,
+                 device: str = "cpu"):
+        self.checkpoints = {name: Path(path) for name, path in (checkpoints or {}).items()}
+        self.device = device
+        self._loaded: dict[str, object] = {}
+        if model is None:
+            if not self.checkpoints:
+                raise ValueError("Playground needs a model or a non-empty checkpoints menu")
+            selected = selected if selected in self.checkpoints else next(iter(self.checkpoints))
+            model = self._load(selected)
         self.model = model  # a TrainedModel (mathllm.checkpoints.load), or a bare model used by teacher forcing
         self.last_result: PlaygroundResult | None = None
-        self.expression = widgets.Text(value="", placeholder=f"e.g. {example}", description="Expression:",
-                                       continuous_update=False, layout=widgets.Layout(width="320px"))
+        self.expression = widgets.Text(value="", placeholder=f"e.g. {example or self._example()}",
+                                       description="Expression:", continuous_update=False,
+                                       layout=widgets.Layout(width="320px"))
         self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05,
                                                description="Temperature:", readout_format=".2f")
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.result = widgets.HTML(value="")
         self.error = widgets.HTML(value="")
         self.plot = widgets.HTML(value="")
+        self.model_info = widgets.HTML(value=self._info())
         self.expression.add_class("mathllm-expression")
         self.run_button.add_class("mathllm-run")
         self.result.add_class("mathllm-result")
         self.error.add_class("mathllm-error")
         self.plot.add_class("mathllm-plot")
+        self.model_info.add_class("mathllm-model-info")
         self.run_button.on_click(lambda _: self.run())
         self.expression.observe(self._on_submit, names="value")
-        self.widget = widgets.VBox([
-            widgets.HBox([self.expression, self.run_button]),
-            self.temperature, self.error, self.result, self.plot,
-        ])
+        rows = [widgets.HBox([self.expression, self.run_button])]
+        self.selector = None
+        if self.checkpoints:
+            self.selector = widgets.Dropdown(options=list(self.checkpoints), value=selected or next(iter(self.checkpoints)),
+                                             description="Model:", layout=widgets.Layout(width="320px"))
+            self.selector.add_class("mathllm-checkpoint")
+            self.selector.observe(self._on_select, names="value")
+            rows.insert(0, self.selector)
+        self.widget = widgets.VBox([*rows, self.model_info, self.temperature, self.error, self.result, self.plot])
+
+    def _load(self, name: str):
+        if name not in self._loaded:
+            self._loaded[name] = load(self.checkpoints[name], device=self.device)
+        return self._loaded[name]
+
+    def _example(self) -> str:
+        operations = training_operations(self.model) or ("add",)
+        return EXAMPLES.get(operations[0], "658+189=")
+
+    def _info(self) -> str:
+        name = f"<b>{html.escape(self.selector.value)}</b>: " if getattr(self, "selector", None) else ""
+        return f"<div style='color:#57606a'>{name}{html.escape(describe_checkpoint(self.model))}</div>"
+
+    def select(self, name: str) -> None:
+        """Switch to the checkpoint ``name`` of the menu (what choosing it in the menu does)."""
+        if name not in self.checkpoints:
+            raise ValueError(f"no checkpoint {name!r} in the menu; it has {', '.join(self.checkpoints)}")
+        if self.selector is not None and self.selector.value != name:
+            self.selector.value = name  # calls _on_select
+            return
+        self.model = self._load(name)
+        self.expression.placeholder = f"e.g. {self._example()}"
+        self.model_info.value = self._info()
+        self.result.value = self.error.value = self.plot.value = ""
+
+    def _on_select(self, change) -> None:
+        self.select(change["new"])
 
     def _on_submit(self, change) -> None:
         # continuous_update=False: the value changes when the user presses Enter (or leaves the box)

@@ -1,9 +1,16 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint: exact match (greedy, KV cache), token accuracy, breakdowns by digits/carries.
+"""Evaluate a checkpoint: exact match (greedy, KV cache), token accuracy, breakdowns by operation, digits,
+carries/borrows and operand lengths.
 
     python scripts/evaluate.py --checkpoint checkpoints/run1 --data-dir data
     python scripts/evaluate.py --checkpoint checkpoints/run1/model.safetensors --data-path data/test.jsonl \\
         --output-file results.json --device cpu
+    python scripts/evaluate.py --checkpoint checkpoints/mul3_cot --data-path my_problems.jsonl
+
+The file may be a split written by scripts/generate_data.py or a list of your own problems: each line needs only
+"prompt" and "answer", e.g. {"prompt": "123*45=", "answer": 5535}; other fields are optional and ignored. Every
+problem is rendered in the format the checkpoint was trained on (its recorded data "fmt"), for any operation; a
+line whose prompt does not parse or whose answer is wrong is an error naming the file and line.
 
 The checkpoint's training mode (mathllm.modes) decides how it is run: a gumbel model writes its own think
 tokens, a pause model is given its pauses.
@@ -16,7 +23,8 @@ from pathlib import Path
 
 from mathllm.checkpoints import load
 from mathllm.cli import positive_int, run_cli
-from mathllm.evaluate import evaluate_split, format_report, iter_failures, save_results
+from mathllm.data import FORMATS
+from mathllm.evaluate import evaluate_file, format_report, iter_failures, save_results
 from mathllm.train import GENERATE_EXAMPLE
 from mathllm.utils import atomic_write_bytes
 
@@ -27,13 +35,18 @@ def main(argv=None) -> int:
     p.add_argument("--model-size", default=None,
                    help="tiny|mini|small|medium|large; read from the checkpoint's config.json when present "
                         "(a mismatch is an error)")
-    p.add_argument("--data-path", default=None, help="a JSONL split to evaluate (overrides --data-dir)")
+    p.add_argument("--data-path", default=None,
+                   help="a JSONL file to evaluate (overrides --data-dir): a split, or lines holding only "
+                        "\"prompt\" and \"answer\"")
     p.add_argument("--data-dir", default="data", help="directory holding test.jsonl (default: data)")
     p.add_argument("--split", default="test", help="split in --data-dir to evaluate (default: test)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--max-length", type=positive_int, default=None,
                    help="context length; the checkpoint's own is used (a different value is reported)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N examples")
+    p.add_argument("--format", dest="fmt", default=None, choices=FORMATS,
+                   help="render the problems in this format (default: the format of the checkpoint's training data, "
+                        "else each line's own, else cot)")
     p.add_argument("--output-file", default=None, help="write the full results as JSON here")
     p.add_argument("--predictions-file", default=None,
                    help="write one JSON line per problem here: prompt, the model's raw completion, its parsed answer, "
@@ -50,8 +63,8 @@ def main(argv=None) -> int:
     if not data_path.is_file():
         raise FileNotFoundError(f"no data at {data_path}. Generate it first, e.g.\n"
                                 f"    {GENERATE_EXAMPLE} --output-dir {data_path.parent}")
-    results = evaluate_split(trained, data_path, batch_size=args.batch_size, limit=args.limit,
-                             predictions=args.predictions_file is not None)
+    results = evaluate_file(trained, data_path, batch_size=args.batch_size, fmt=args.fmt, limit=args.limit,
+                            predictions=args.predictions_file is not None)
     results["checkpoint"] = str(args.checkpoint)
     if args.predictions_file:
         records = results.pop("predictions")

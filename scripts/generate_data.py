@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Generate addition problems as train/val/test JSON Lines (the seed's flags and defaults).
+"""Generate arithmetic problems as train/val/test JSON Lines (the seed's flags and defaults).
 
     python scripts/generate_data.py --num-examples 100000 --max-digits 2
+    python scripts/generate_data.py --operation mul --num-examples 300000 --max-digits 3 --output-dir data/mul3_cot
+    python scripts/generate_data.py --operation add,sub --max-digits 3        # a mix, equal shares
     python scripts/generate_data.py --config configs/main.json      # the experiment file's data section
     python scripts/generate_data.py --num-examples 1000000 --max-digits 3 --max-operands 3 --format plain \\
         --output-dir data/plain3
 
 Writes OUTPUT_DIR/train.jsonl, val.jsonl, test.jsonl and meta.json. One line looks like
     {"text": "12+34=<think>2+4=6 1+3=4</think>46<end>", "prompt": "12+34=", "operands": [12, 34], ...}
-Formats, balancing and the leakage-free split are described in mathllm/data.py.
+A subtraction or multiplication line also says "operation": "sub" / "mul". Formats, balancing and the
+leakage-free split are described in mathllm/data.py.
 """
 
 import argparse
@@ -18,11 +21,19 @@ import time
 from pathlib import Path
 
 from mathllm.cli import run_cli
-from mathllm.data import FORMATS, generate_dataset, write_dataset
+from mathllm.data import FORMATS, OPERATION_NAMES, generate_dataset, parse_operations, write_dataset
 from mathllm.train import read_config_file
 
 DEFAULTS = dict(num_examples=100_000, max_digits=2, max_operands=2, seed=42, output_dir="data", train_ratio=0.8,
-                val_ratio=0.1, test_ratio=0.1, fmt="cot")
+                val_ratio=0.1, test_ratio=0.1, fmt="cot", whole_strata_below=0, operation="add")
+
+
+def operations(text: str) -> str:
+    """``--operation`` checked at parse time: ``"sub,add"`` -> ``"add,sub"``."""
+    try:
+        return ",".join(parse_operations(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=FORMATS,
                    help="cot: 12+34=<think>2+4=6 1+3=4</think>46<end>; plain: 12+34=46<end>; "
                         "reversed: 12+34=64<end> (default: cot)")
+    p.add_argument("--operation", type=operations,
+                   help=f"{'|'.join(OPERATION_NAMES)}, or a comma list such as add,sub that mixes them in equal "
+                        "shares (default: add). Subtraction (a >= b) and multiplication take two operands")
+    p.add_argument("--whole-strata-below", type=int,
+                   help="strata with fewer distinct problems than this go to the training split whole "
+                        "(101: the 100 one-digit pairs are a table to learn; default: 0, none)")
     p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors (no progress bars)")
     return p
 
@@ -75,8 +92,14 @@ def main(argv=None) -> int:
         counts = ", ".join(f"{name} {n:,}" for name, n in meta["counts"].items())
         print(f"wrote {meta['num_examples']:,} {args['fmt']} examples ({counts}) to {Path(output_dir)}/ "
               f"in {seconds:.1f} s")
-        carries = ", ".join(f"{c}: {n / meta['num_examples']:.0%}" for c, n in meta["num_carries_counts"].items())
-        print(f"carries per problem: {carries}")
+        for key, values in meta.items():
+            if key.startswith(("num_carries_counts", "num_borrows_counts")):
+                what = key.replace("_counts", "").replace("num_", "").replace("_", " of ")
+                total = sum(values.values())
+                shares = ", ".join(f"{c}: {n / total:.0%}" for c, n in values.items())
+                print(f"{what} per problem: {shares}")
+        if "shape_counts" in meta:
+            print("problems per shape: " + ", ".join(f"{k}: {v:,}" for k, v in meta["shape_counts"].items()))
         print(f"first training line: {dataset['train'][0]['text']}" if len(dataset["train"]) else "")
         print(f"metadata: {paths['meta']}")
     return 0

@@ -3,9 +3,10 @@
 
     python scripts/interactive.py --checkpoint checkpoints/main
 
-Type an addition (``658+189`` or ``658+189=``) to see the model's chain of thought and its answer beside
-the true one, or the start of one (``7+``) to let the model write the rest. ``quit``, ``exit``, Ctrl-C or
-Ctrl-D leave.
+Type a problem (``658+189``, ``658-189=``, ``12*34``: the operations the model was trained on) to see the model's
+chain of thought and its answer beside the true one, or the start of one (``7+``) to let the model write the rest.
+What the model cannot do is named (``3-7``: a subtraction needs a >= b; ``12+3*4``: one operation at a time;
+``12*34`` for a model trained on addition only). ``quit``, ``exit``, Ctrl-C or Ctrl-D leave.
 """
 
 import argparse
@@ -13,11 +14,11 @@ import sys
 
 from mathllm.checkpoints import load
 from mathllm.cli import non_negative_float, positive_int, run_cli
-from mathllm.playground import ExpressionError, run_expression
+from mathllm.playground import ExpressionError, describe_checkpoint, run_expression
 
-BANNER = """mathllm interactive: the model adds numbers and shows its reasoning.
-  Enter an expression like 658+189 (or 658+189=), or the start of one like 7+ for the model to finish.
-  Type 'quit' or 'exit' (or press Ctrl-D) to leave."""
+BANNER = """mathllm interactive: the model solves arithmetic problems and shows its reasoning.
+  Enter an expression like 658+189, 658-189 or 12*34 (an '=' at the end is optional), or the start of one like 7+
+  for the model to finish. Type 'quit' or 'exit' (or press Ctrl-D) to leave."""
 PROMPT = "expression> "
 
 
@@ -42,6 +43,7 @@ def repl(model, temperature: float, max_new_tokens: int | None, input_fn=input, 
          use_colour: bool = False) -> int:
     """Read expressions until quit/exit/EOF/Ctrl-C. Bad input prints a message and the session goes on."""
     out(BANNER)
+    out(f"  model: {describe_checkpoint(model)}")
     while True:
         try:
             line = input_fn(PROMPT)

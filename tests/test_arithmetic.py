@@ -4,9 +4,13 @@ vectorised versions the data generator uses, checked against the one-problem ref
 import numpy as np
 import pytest
 
-from mathllm.arithmetic import (Column, addition_columns, addition_steps, carry_chain_length, check_operands,
-                                column_totals, count_carries, count_carries_array, digit, format_step,
-                                implied_answer, num_digits, num_digits_array, parse_step, width)
+from mathllm.arithmetic import (BY_SYMBOL, OPERATIONS, Column, MulStep, addition_columns, addition_steps,
+                                carry_chain_length, check_operands, column_totals, count_borrows, count_borrows_array,
+                                count_carries, count_carries_array, count_multiplication_carries,
+                                count_multiplication_carries_array, digit, format_step, implied_answer,
+                                multiplication_arrays, multiplication_steps, multiplication_table, num_digits,
+                                num_digits_array, operation, parse_step, running_sums, subtraction_columns,
+                                subtraction_columns_array, subtraction_steps, width)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,3 +139,89 @@ def test_vectorised_column_totals_equal_the_reference():
 def test_vectorised_digit_counts():
     values = np.array([0, 9, 10, 99, 100, 123456, 10**17])
     assert num_digits_array(values).tolist() == [num_digits(int(v)) for v in values]
+
+
+# ----------------------------------------------------------------------------------------------
+# Subtraction and multiplication, one problem at a time
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("a, b, steps, borrows", [
+    (658, 189, ["8-9=-1", "5-8-1=-4", "6-1-1=4"], 2),  # the examples
+    (105, 99, ["5-9=-4", "0-9-1=-10", "1-0-1=0"], 2),
+    (7, 3, ["7-3=4"], 0),
+    (1000, 1, ["0-1=-1", "0-0-1=-1", "0-0-1=-1", "1-0-1=0"], 3),  # a borrow ripples through the zeros
+    (500, 500, ["0-0=0", "0-0=0", "5-5=0"], 0),
+    (31, 7, ["1-7=-6", "3-0-1=2"], 1),  # b's absent digits are 0
+])
+def test_subtraction_steps_and_borrows(a, b, steps, borrows):
+    assert subtraction_steps(a, b) == steps
+    assert count_borrows(a, b) == borrows
+    columns = subtraction_columns(a, b)
+    assert sum(c.result_digit * 10**c.index for c in columns) == a - b
+    assert [c.borrow_out for c in columns][-1] == 0  # a >= b: nothing is owed after the last column
+
+
+def test_subtraction_needs_a_at_least_b_and_two_operands():
+    with pytest.raises(ValueError, match="a >= b"):
+        subtraction_steps(3, 7)
+    with pytest.raises(ValueError, match="exactly 2 operands"):
+        operation("-").answer([9, 5, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        operation("*").steps([-1, 5])
+
+
+@pytest.mark.parametrize("a, b, items", [
+    (7, 8, ["7*8=56"]),
+    (12, 34, ["2*4=8", "1*4=4", "48", "2*3+4=10", "1*3+0+1=4"]),
+    (123, 456, ["3*6=18", "2*6+1=13", "1*6+1=7", "738", "3*5+3=18", "2*5+7+1=18", "1*5+0+1=6", "6888", "3*4+8=20",
+                "2*4+6+2=16", "1*4+0+1=5"]),
+    (99, 9, ["9*9=81", "9*9+8=89"]),  # one row: no running sum is written (the answer is the last one)
+    (0, 57, ["0*7=0", "0", "0*5+0=0"]),
+    (5, 0, ["5*0=0"]),
+])
+def test_multiplication_steps(a, b, items):
+    assert multiplication_steps(a, b) == items
+    assert running_sums(a, b)[-1] == a * b
+
+
+def test_multiplication_steps_hold_their_parts():
+    step = multiplication_table(123, 456)[4]
+    assert step == MulStep(row=1, column=1, a=2, b=5, sum_digit=7, carry_in=1, total=18)
+    assert (step.step, step.carry_out) == ("2*5+7+1=18", 1)
+    assert count_multiplication_carries(12, 34) == 1 and count_multiplication_carries(99, 99) == 4
+    worst = multiplication_table(9999, 9999)
+    assert max(s.total for s in worst) <= 99 and max(s.carry_in for s in worst) <= 9  # every step fits two digits
+
+
+def test_the_operation_table():
+    assert [op.symbol for op in OPERATIONS.values()] == ["+", "-", "*"] and BY_SYMBOL["-"].name == "sub"
+    for name, operands, answer, count in [("add", [658, 189], 847, 2), ("sub", [658, 189], 469, 2),
+                                          ("mul", [658, 189], 124362, operation("mul").count([658, 189]))]:
+        op = operation(name)
+        assert operation(op.symbol) is op and op.answer(operands) == answer and op.count(operands) == count
+        assert op.prompt(operands) == f"658{op.symbol}189="
+    assert [operation(s).has_think(ops) for s, ops in [("+", [3, 5]), ("-", [7, 3]), ("*", [7, 8]), ("-", [10, 3])]] \
+        == [False, False, True, True]
+    with pytest.raises(ValueError, match="unknown operation '/'"):
+        operation("/")
+
+
+def test_vectorised_subtraction_and_multiplication_equal_the_reference():
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 10 ** rng.integers(1, 6, size=2000))
+    b = np.minimum(rng.integers(0, 10 ** rng.integers(1, 6, size=2000)), a)
+    assert count_borrows_array(a, b).tolist() == [count_borrows(x, y) for x, y in zip(a.tolist(), b.tolist())]
+    results, borrows_in = subtraction_columns_array(a, b, 5)
+    for i in range(0, 2000, 37):
+        for c in subtraction_columns(int(a[i]), int(b[i])):
+            assert (results[c.index][i], borrows_in[c.index][i]) == (c.result, c.borrow_in)
+    c = rng.integers(0, 10 ** rng.integers(1, 5, size=2000))
+    assert count_multiplication_carries_array(a, c).tolist() == [count_multiplication_carries(x, y)
+                                                                  for x, y in zip(a.tolist(), c.tolist())]
+    arrays = multiplication_arrays(a, c, 5, 4)
+    for i in range(0, 2000, 41):
+        for s in multiplication_table(int(a[i]), int(c[i])):
+            assert arrays.totals[s.row][s.column][i] == s.total
+            assert arrays.carries_in[s.row][s.column][i] == s.carry_in
+            assert arrays.sum_digits[s.row][s.column][i] == (s.sum_digit or 0)
+        assert arrays.running[3][i] == a[i] * c[i]

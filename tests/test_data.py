@@ -3,6 +3,7 @@
 import itertools
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -26,6 +27,7 @@ from mathllm.data import (
     generate_dataset,
     iter_jsonl,
     load_meta,
+    load_problems,
     load_split,
     make_example,
     render_texts,
@@ -477,3 +479,288 @@ def test_cli_reads_the_data_section_of_an_experiment_file(tmp_path, capsys):
     config.write_text(json.dumps({"data": {"num_exemples": 10}}))
     assert _main_in_process("--config", str(config)) == 2
     assert "num_exemples" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# The independent check (issue 14): every step of every generated trace is a true equation, read by this file's
+# own parser (nothing from mathllm.arithmetic); the subtraction traces are the issue's rule; every answer is right
+# ----------------------------------------------------------------------------------------------
+
+_LINE = re.compile(r"(\d+)([-+*])(\d+)=(?:<think>(.*)</think>)?(\d+)<end>")
+_TERM = re.compile(r"([-+*]?)(\d+)")
+
+
+def _left_side_value(left: str) -> tuple[int, list[str]]:
+    """The value of a step's left side such as ``2*5+7+1`` or ``0-9-1``, and what breaks the issue's rules for a
+    step: at most one product, of one-digit factors; every other term a number of at most two digits."""
+    problems, terms, pos = [], [], 0
+    for m in _TERM.finditer(left):
+        if m.start() != pos or (terms and not m.group(1)) or (not terms and m.group(1)):
+            return 0, [f"cannot read {left!r}"]
+        terms.append((m.group(1) or "+", m.group(2)))
+        pos = m.end()
+    if pos != len(left) or not terms:
+        return 0, [f"cannot read {left!r}"]
+    products = [i for i, (sign, _) in enumerate(terms) if sign == "*"]
+    if len(products) > 1 or (products and products[0] != 1):
+        problems.append(f"more than one product, or a product that is not the first two terms: {left!r}")
+    value, i = 0, 0
+    while i < len(terms):
+        sign, number = terms[i]
+        if i + 1 < len(terms) and terms[i + 1][0] == "*":
+            factor = terms[i + 1][1]
+            if len(number) != 1 or len(factor) != 1:
+                problems.append(f"a factor of more than one digit in {left!r}")
+            value += int(number) * int(factor)
+            i += 2
+            continue
+        if len(number) > 2:
+            problems.append(f"a term of more than two digits in {left!r}")
+        value += -int(number) if sign == "-" else int(number)
+        i += 1
+    return value, problems
+
+
+def check_trace(text: str) -> list[str]:
+    """What is wrong with one generated line (``[]``: nothing)."""
+    m = _LINE.fullmatch(text)
+    if not m:
+        return [f"malformed line {text!r}"]
+    a, symbol, b, think, answer = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4), m.group(5)
+    true = {"+": a + b, "-": a - b, "*": a * b}[symbol]
+    wrong = []
+    if answer != str(true) or true < 0:
+        wrong.append(f"answer {answer} is not {true}")
+    one_digit = a < 10 and b < 10
+    if (think is None) != (one_digit and symbol in "+-"):
+        wrong.append("a think block where there should be none, or none where there should be one")
+    items = [] if think is None else think.split(" ")
+    for item in items:
+        if item.isdigit():
+            continue  # a bare number: an intermediate written out (checked below for multiplication)
+        step = re.fullmatch(r"(.+)=(-?\d+)", item)
+        if not step:
+            wrong.append(f"{item!r} is neither an equation nor a number")
+            continue
+        value, problems = _left_side_value(step.group(1))
+        wrong += problems
+        if value != int(step.group(2)):
+            wrong.append(f"{item!r} is false")
+    if symbol == "-" and think is not None:
+        # the issue's rule, from a closed form: the borrow into column i is 1 exactly when a mod 10^i < b mod 10^i
+        rule = []
+        for i in range(len(str(a))):
+            borrow = int(a % 10**i < b % 10**i)
+            a_i, b_i = a // 10**i % 10, b // 10**i % 10
+            rule.append(f"{a_i}-{b_i}" + ("-1" if borrow else "") + f"={a_i - b_i - borrow}")
+        if items != rule:
+            wrong.append(f"subtraction trace {items} is not the rule's {rule}")
+    if symbol == "*":
+        numbers = [int(x) for x in items if x.isdigit()]
+        if numbers != [a * (b % 10 ** (j + 1)) for j in range(len(str(b)) - 1)]:
+            wrong.append(f"running sums {numbers} are not a * (b mod 10^(j+1))")
+        if len(items) - len(numbers) != len(str(a)) * len(str(b)):
+            wrong.append("not one step per pair of digits")
+    return wrong
+
+
+@pytest.mark.parametrize("operation", ["add", "sub", "mul"])
+def test_ten_thousand_generated_traces_are_true_step_by_step(operation):
+    dataset = generate_dataset(num_examples=10_000, max_digits=4, operation=operation, seed=14)
+    texts = [t for name in dataset for t in dataset[name].texts]
+    assert len(texts) == 10_000
+    assert {len(str(max(ex["operands"]))) for ex in dataset["train"][:2000]} == {1, 2, 3, 4}
+    failures = [(t, check_trace(t)) for t in texts if check_trace(t)]
+    assert not failures, failures[:3]
+    assert {t for t in dataset["test"].texts[:300]} == {format_example(ex["operands"], "cot", operation)
+                                                          for ex in dataset["test"][:300]}  # = the one-by-one renderer
+
+
+def test_the_check_catches_wrong_traces():
+    assert not check_trace("658-189=<think>8-9=-1 5-8-1=-4 6-1-1=4</think>469<end>")
+    assert not check_trace("12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>")
+    for bad, why in [
+        ("658-189=<think>8-9=-1 5-8=-3 6-1-1=4</think>469<end>", "is not the rule"),  # a dropped borrow
+        ("658-189=<think>8-9=1 5-8-1=-4 6-1-1=4</think>469<end>", "is false"),
+        ("105-99=<think>5-9=-4 0-9-1=-10 1-0-1=0</think>006<end>", "answer"),  # leading zeros
+        ("7-3=<think>7-3=4</think>4<end>", "think block"),
+        ("12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>418<end>", "answer 418"),
+        ("12*34=<think>2*4=8 1*4=4 46 2*3+4=10 1*3+0+1=4</think>408<end>", "running sums"),
+        ("12*34=<think>12*4=48 48 2*3+4=10 1*3+0+1=4</think>408<end>", "more than one digit"),
+        ("12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+100=4</think>408<end>", "more than two digits"),
+        ("12*34=<think>2*4*1=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>", "more than one product"),
+    ]:
+        assert any(why in w for w in check_trace(bad)), (bad, check_trace(bad))
+
+
+# ----------------------------------------------------------------------------------------------
+# Subtraction, multiplication and mixes: formats, balance, leakage, determinism, files
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("operation", ["sub", "mul", "add,sub,mul"])
+@pytest.mark.parametrize("fmt", ["cot", "plain", "reversed"])
+def test_every_format_of_every_operation_is_written_exactly(operation, fmt, tmp_path):
+    dataset = generate_dataset(num_examples=3000, max_digits=3, operation=operation, fmt=fmt, seed=2)
+    split = dataset["train"]
+    lines = split.to_jsonl().decode().splitlines()
+    for i in range(0, len(split), 7):
+        example = split[i]
+        assert json.dumps(example) == lines[i] and split.texts[i] == example["text"]
+        assert example == make_example(example["operands"], fmt, example.get("operation", "add"))
+    paths = write_dataset(dataset, tmp_path)
+    assert load_split(paths["train"]) == [split[i] for i in range(len(split))]
+
+
+def test_subtraction_and_multiplication_lines():
+    sub = make_example([658, 189], "reversed", "sub")
+    assert sub == {"text": "658-189=964<end>", "prompt": "658-189=", "operands": [658, 189], "answer": 469,
+                   "num_digits": 3, "num_operands": 2, "num_borrows": 2, "format": "reversed", "operation": "sub"}
+    mul = make_example([12, 34], "plain", "*")
+    assert mul["text"] == "12*34=408<end>" and mul["num_carries"] == 1 and mul["operation"] == "mul"
+    assert "operation" not in make_example([12, 34])  # addition lines are what they always were
+    assert format_example([7, 8], "cot", "mul") == "7*8=<think>7*8=56</think>56<end>"
+    with pytest.raises(ValueError, match="a >= b"):
+        make_example([3, 7], operation="sub")
+    with pytest.raises(ValueError, match="exactly 2 operands"):
+        make_example([3, 7, 1], operation="mul")
+
+
+@pytest.mark.parametrize("operation", ["sub", "mul"])
+def test_pair_splits_are_distinct_balanced_and_leakage_free(operation):
+    dataset = generate_dataset(num_examples=20_000, max_digits=3, operation=operation, seed=3)
+    problems = {name: dataset[name].operand_tuples() for name in dataset}
+    every = [p for ps in problems.values() for p in ps]
+    assert len(every) == len(set(every)) == 20_000 and all(p[0] == operation for p in every)
+    for x, y in itertools.combinations(problems.values(), 2):
+        assert not set(x) & set(y)
+    if operation == "sub":
+        assert all(a >= b for _, a, b in every)
+    shapes = Counter(f"{len(str(a))}{'-' if operation == 'sub' else '*'}{len(str(b))}" for _, a, b in every)
+    assert shapes == dataset.meta["shape_counts"]
+    capacity = {"1-1": 55, "2-1": 900, "2-2": 4095, "1*1": 100, "1*2": 900, "2*1": 900}  # fewer than a share
+    full = [n for shape, n in shapes.items() if shape not in capacity]
+    assert max(full) - min(full) <= 1  # every other shape gets an equal share
+    assert all(shapes[shape] == n for shape, n in capacity.items() if shape in shapes)
+    assert dataset.meta["arguments"]["operation"] == operation and "balancing" in dataset.meta
+
+
+def test_a_mix_gives_each_operation_an_equal_share_and_the_order_of_the_list_does_not_matter():
+    mixed = generate_dataset(num_examples=9000, max_digits=2, operation="mul,add,sub", seed=4)
+    assert mixed.meta["operation_counts"] == {"add": 3000, "sub": 3000, "mul": 3000}
+    again = generate_dataset(num_examples=9000, max_digits=2, operation="add,sub,mul", seed=4)
+    assert mixed["train"].to_jsonl() == again["train"].to_jsonl()
+    problems = [p for name in mixed for p in mixed[name].operand_tuples()]
+    assert len(problems) == len(set(problems))  # 12+3 and 12*3 are two problems, each in one split
+    capped = generate_dataset(num_examples=9000, max_digits=1, operation="sub,mul", seed=4)
+    assert capped.meta["operation_counts"] == {"sub": 55, "mul": 100} and capped.meta["exhausted"]
+
+
+def test_pair_data_is_deterministic(tmp_path):
+    def written(seed, where):
+        write_dataset(generate_dataset(num_examples=2000, max_digits=4, operation="sub,mul", seed=seed), where)
+        return [(where / f"{s}.jsonl").read_bytes() for s in ("train", "val", "test")]
+
+    assert written(5, tmp_path / "a") == written(5, tmp_path / "b") != written(6, tmp_path / "c")
+
+
+def test_addition_files_are_byte_for_byte_what_they_were():
+    # sha256 of the three splits of this dataset as written before subtraction and multiplication existed: the
+    # shipped checkpoints' data must regenerate exactly
+    import hashlib
+
+    dataset = generate_dataset(num_examples=5000, max_digits=4, max_operands=3, fmt="reversed", seed=1)
+    digest = hashlib.sha256(b"".join(dataset[s].to_jsonl() for s in dataset)).hexdigest()[:16]
+    assert digest == "4daa5ee5734e82b2"
+    assert "operation" not in dataset.meta["arguments"]
+
+
+@pytest.mark.parametrize("operation, small", [("sub", "1-1"), ("mul", "1*1"), ("add,sub", "1-1")])
+def test_whole_strata_below_works_for_every_operation(operation, small):
+    dataset = generate_dataset(num_examples=4000, max_digits=2, operation=operation, seed=6, whole_strata_below=101)
+    symbol = small[1]
+    in_split = {name: [p for p in dataset[name].operand_tuples() if len(p) == 3 and p[0] == ("sub" if symbol == "-"
+                       else "mul") and max(p[1:]) < 10] for name in dataset}
+    assert len(in_split["train"]) == (55 if symbol == "-" else 100) and not in_split["val"] and not in_split["test"]
+    assert dataset.meta["arguments"]["whole_strata_below"] == 101
+
+
+def test_bad_pair_arguments_are_errors():
+    with pytest.raises(ValueError, match="subtraction takes exactly 2 operands"):
+        generate_dataset(num_examples=100, operation="sub", max_operands=3)
+    with pytest.raises(ValueError, match="max_digits must be in 1..9 for mul"):
+        generate_dataset(num_examples=100, operation="mul", max_digits=10)
+    with pytest.raises(ValueError, match="unknown operation 'div'"):
+        generate_dataset(num_examples=100, operation="add,div")
+    assert generate_dataset(num_examples=300, max_digits=2, max_operands=3, operation="add,sub").meta[
+        "operation_counts"] == {"add": 150, "sub": 150}  # max_operands is addition's
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"text": "658-189=<think>8-9=-1 5-8=-3 6-1-1=4</think>469<end>"}, "does not match its operands"),
+    ({"answer": 470}, "answer is 470 but subtraction of [658, 189] gives 469"),
+    ({"num_borrows": 1}, "num_borrows is 1"),
+    ({"operands": [189, 658]}, "a >= b"),
+    ({"operation": "div"}, "unknown operation 'div'"),
+])
+def test_a_wrong_subtraction_line_is_named_with_file_and_line(tmp_path, line, message):
+    good = make_example([12, 5], "cot", "sub")
+    bad = {**make_example([658, 189], "cot", "sub"), **line}
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: ") + ".*" + re.escape(message)):
+        load_split(path)
+
+
+def test_a_wrong_multiplication_line_is_named_and_a_mixed_hand_written_file_loads(tmp_path):
+    lines = [make_example([12, 34], "cot", "mul"), make_example([7, 5]), make_example([9, 3], "cot", "sub")]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(x, indent=None, separators=(",", ":")) + "\n" for x in lines))
+    assert load_split(path) == lines  # not byte-canonical (other separators): checked line by line
+    lines[0] = {**lines[0], "text": "12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>418<end>"}
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: text")):
+        load_split(path)
+
+
+def test_problem_lists_need_only_a_prompt_and_an_answer(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "658-189=", "answer": 469}\n{"prompt": "12*34", "answer": 408, "note": "x"}\n'
+                    '{"prompt": "99+1=", "answer": 100, "format": "plain"}\n')
+    examples = load_problems(path, "cot")
+    assert [ex["text"] for ex in examples] == ["658-189=<think>8-9=-1 5-8-1=-4 6-1-1=4</think>469<end>",
+                                               "12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>",
+                                               "99+1=<think>9+1=10 9+0+1=10</think>100<end>"]
+    assert load_problems(path)[2]["text"] == "99+1=100<end>"  # no format given: the line's own, else cot
+    assert load_problems(path, "reversed")[1]["text"] == "12*34=804<end>"
+    data = write_dataset(generate_dataset(num_examples=200, max_digits=2, operation="sub", seed=1), tmp_path / "d")
+    assert load_problems(data["test"]) == load_split(data["test"])  # a split reads as its problems
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": "12*34=", "answer": 418}', "answer 418 is wrong for 12*34= (it is 408)"),
+    ('{"prompt": "3-7=", "answer": -4}', "prompt '3-7=' does not parse: subtraction needs a >= b"),
+    ('{"prompt": "12/3=", "answer": 4}', "prompt '12/3=' does not parse"),
+    ('{"prompt": "1+2*3=", "answer": 7}', "prompt '1+2*3=' does not parse"),
+    ('{"answer": 7}', "missing field(s) prompt"),
+    ('{"prompt": "1+2="}', "missing field(s) answer"),
+    ('{"prompt": "1+2=", "answer": "3"}', "'answer' must be an integer"),
+    ('{"prompt": 12, "answer": 3}', "'prompt' must be a string"),
+])
+def test_a_bad_problem_line_is_named_with_file_and_line(tmp_path, content, message):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "1+1=", "answer": 2}\n' + content + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: {message}")):
+        load_problems(path)
+
+
+def test_whole_strata_below_puts_small_strata_in_training_whole():
+    from mathllm.data import generate_dataset
+
+    pairs = lambda split: {ops for ops in split.operand_tuples() if len(ops) == 2 and max(ops) < 10}  # noqa: E731
+    plain = generate_dataset(num_examples=3000, max_digits=2, max_operands=3, seed=5)
+    whole = generate_dataset(num_examples=3000, max_digits=2, max_operands=3, seed=5, whole_strata_below=101)
+    assert pairs(plain["val"]) | pairs(plain["test"])  # split like the rest, some pairs are held out
+    assert len(pairs(whole["train"])) == 100 and not pairs(whole["val"]) and not pairs(whole["test"])
+    assert sum(len(s) for s in whole.splits.values()) == sum(len(s) for s in plain.splits.values())
+    assert whole.meta["arguments"]["whole_strata_below"] == 101 and "whole_strata_below" not in plain.meta["arguments"]
+    assert generate_dataset(**whole.meta["arguments"])["test"].texts == whole["test"].texts  # regenerated exactly

@@ -175,3 +175,66 @@ def test_evaluate_split_reads_the_file_and_records_it(tmp_path):
     assert res["num_examples"] == 7 and res["data_path"] == str(paths["test"]) and res["mode"] == "teacher"
     pause = evaluate_split(TrainedModel(model, get_mode("pause", think_tokens="1"), None), paths["test"], limit=3)
     assert pause["mode"] == "pause" and pause["num_examples"] == 3
+
+
+MIXED = [make_example(ops, "cot", op) for ops, op in [((658, 189), "sub"), ((7, 3), "sub"), ((12, 34), "mul"),
+                                                       ((7, 1), "mul"), ((99, 21), "add")]]
+
+
+def test_results_are_broken_down_by_operation_and_borrows():
+    truth = {ex["prompt"]: ex["text"][len(ex["prompt"]):] for ex in MIXED}
+    wrong = dict(truth, **{"12*34=": "<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>418<end>"})
+    res = evaluate_examples(MathTransformer.from_preset("tiny"), MIXED, mode=TableMode(wrong))
+    assert res["by_operation"] == {"add": {"exact_match": 1.0, "count": 1}, "sub": {"exact_match": 1.0, "count": 2},
+                                   "mul": {"exact_match": 0.5, "count": 2}}
+    assert res["by_num_borrows"] == {"0": {"exact_match": 1.0, "count": 1}, "2": {"exact_match": 1.0, "count": 1}}
+    # addition and multiplication both count carries: in one file their cells are told apart by the operator
+    assert res["by_num_carries"] == {"+2": {"exact_match": 1.0, "count": 1}, "*0": {"exact_match": 1.0, "count": 1},
+                                     "*1": {"exact_match": 0.0, "count": 1}}
+    assert res["by_stratum"]["2*2"] == {"exact_match": 0.0, "count": 1} and "3-3" in res["by_stratum"]
+    report = format_report(res)
+    assert "by_operation    add: 1.000 (n=1)  sub: 1.000 (n=2)  mul: 0.500 (n=2)" in report
+    only_mul = evaluate_examples(MathTransformer.from_preset("tiny"), MIXED[2:4], mode=TableMode(truth))
+    assert set(only_mul["by_num_carries"]) == {"0", "1"}  # one operation: plain counts, as for addition
+    additions = evaluate_examples(MathTransformer.from_preset("tiny"), EXAMPLES, mode=TableMode(
+        {ex["prompt"]: ex["text"][len(ex["prompt"]):] for ex in EXAMPLES}))
+    assert "by_operation" not in format_report(additions)  # nothing to break down
+
+
+def _run_with_record(path, fmt):
+    save_model(MathTransformer.from_preset("tiny"), path)
+    record = {"config": {"mode": "teacher"},
+              "data_meta": {"arguments": {"max_digits": 3, "operation": "sub,mul", "fmt": fmt}}}
+    (path / "training_config.json").write_text(json.dumps(record))
+    return path
+
+
+def test_cli_evaluates_a_list_of_prompts_and_answers_in_the_checkpoints_format(tmp_path):
+    run = _run_with_record(tmp_path / "run", "plain")
+    problems = tmp_path / "mine.jsonl"
+    problems.write_text('{"prompt": "658-189=", "answer": 469, "why": "homework"}\n{"prompt": "12*34=", "answer": 408}\n'
+                        '{"prompt": "7*8", "answer": 56}\n')
+    out, predictions = tmp_path / "results.json", tmp_path / "predictions.jsonl"
+    proc = _evaluate_cli("--checkpoint", str(run), "--data-path", str(problems), "--output-file", str(out),
+                         "--predictions-file", str(predictions), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["num_examples"] == 3 and results["rendered_format"] == "plain"
+    assert results["num_with_think"] == 0  # rendered as the checkpoint's plain data, without a trace
+    assert {k: v["count"] for k, v in results["by_operation"].items()} == {"sub": 1, "mul": 2}
+    assert set(results["by_stratum"]) == {"3-3", "2*2", "1*1"}
+    assert [json.loads(line)["operation"] for line in predictions.read_text().splitlines()] == ["sub", "mul", "mul"]
+    cot = _evaluate_cli("--checkpoint", str(run), "--data-path", str(problems), "--format", "cot", "--limit", "1",
+                        "--output-file", str(out))
+    assert cot.returncode == 0 and json.loads(out.read_text())["num_with_think"] == 1
+
+
+def test_cli_names_the_line_of_a_wrong_answer_or_a_prompt_that_does_not_parse(tmp_path):
+    run = _run_with_record(tmp_path / "run", "cot")
+    problems = tmp_path / "mine.jsonl"
+    for content, message in [('{"prompt": "12*34=", "answer": 418}', "answer 418 is wrong for 12*34="),
+                             ('{"prompt": "12:34=", "answer": 1}', "prompt '12:34=' does not parse")]:
+        problems.write_text('{"prompt": "1-1=", "answer": 0}\n' + content + "\n")
+        proc = _evaluate_cli("--checkpoint", str(run), "--data-path", str(problems))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{problems}:2: {message}" in proc.stderr

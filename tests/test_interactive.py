@@ -68,3 +68,11 @@ def test_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
                               capture_output=True, text=True, input="quit\n", timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and str(path.name) in proc.stderr
+
+
+def test_subtraction_and_multiplication_and_what_the_model_cannot_do():
+    _, text = session(ScriptedModel("<think>8-9=-1 5-8-1=-4 6-1-1=4</think>469<end>"), ["658-189", "3-7", "1+2*3"])
+    assert "step 2: 5-8-1=-4" in text and "answer: 469   true: 469" in text
+    assert "error: 3-7 would be negative" in text and "error: mixed operators" in text
+    _, text = session(ScriptedModel("<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>"), ["12*34="])
+    assert "step 3: 48" in text and "answer: 408   true: 408" in text

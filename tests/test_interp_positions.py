@@ -76,3 +76,33 @@ def test_heldout_problems_avoid_the_training_data():
     assert len(seen) == 90_000  # train + val of the shipped model's data
     problems = heldout_problems(SHIPPED_CHECKPOINT, 300, seed=0)
     assert not {tuple(p["operands"]) for p in problems} & seen
+
+
+def test_subtraction_tokens_get_their_roles():
+    text = "105-99=<think>5-9=-4 0-9-1=-10 1-0-1=0</think>6<end>"
+    kinds = position_kinds(text)
+    named = dict(zip(kinds, TOKENIZER.str_tokens(text)))
+    assert len(set(kinds)) == len(kinds) and sort_kinds(reversed(kinds)) == kinds
+    assert [named[k] for k in ("a2", "a1", "a0", "-b", "b1", "b0", "=")] == list("105-99=")
+    assert (named["s0.a"], named["s0.-b"], named["s0.b"], named["s0.sign"], named["s0.r0"]) == ("5", "-", "9", "-", "4")
+    assert "s0.borrow" not in kinds and named["s1.-borrow"] == "-" and named["s1.borrow"] == "1"
+    assert (named["s1.sign"], named["s1.r1"], named["s1.r0"]) == ("-", "1", "0")  # 0-9-1=-10
+    assert "s2.sign" not in kinds and named["s2.r0"] == "0" and named["ans0"] == "6"
+    assert position_kinds("7-3=4<end>") == ["a0", "-b", "b0", "=", "ans0", "<end>"]
+
+
+def test_multiplication_tokens_get_their_roles():
+    text = "12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>"
+    kinds = position_kinds(text)
+    named = dict(zip(kinds, TOKENIZER.str_tokens(text)))
+    assert len(set(kinds)) == len(kinds) and sort_kinds(reversed(kinds)) == kinds
+    assert [named[k] for k in ("a1", "a0", "*b", "b1", "b0")] == list("12*34")
+    assert (named["s0.a"], named["s0.*b"], named["s0.b"], named["s0.r0"]) == ("2", "*", "4", "8")
+    assert (named["s1.sum1"], named["s1.sum0"], named["s1.sum.sp"]) == ("4", "8", " ")  # the running sum 48
+    assert (named["s2.+rs"], named["s2.rs"], named["s2.r1"], named["s2.r0"]) == ("+", "4", "1", "0")  # 2*3+4=10
+    assert (named["s3.rs"], named["s3.+carry"], named["s3.carry"]) == ("0", "+", "1")  # 1*3+0+1=4
+    assert "s1.carry" not in kinds and "s0.rs" not in kinds  # no carry into 1*4; no running sum in the first row
+    assert [named[k] for k in ("ans2", "ans1", "ans0")] == list("408")
+    # 98*76 has a carry into every step: one more term per step, the same roles otherwise
+    other = position_kinds(make_example([98, 76], operation="mul")["text"])
+    assert {"s1.carry", "s3.carry", "s1.sum2"} <= set(other) and set(kinds) - {"s1.sum1", "s1.sum0"} <= set(other)

@@ -35,3 +35,32 @@ def test_playground_runs_a_trained_model_in_its_mode_and_says_so():
     teacher = Playground(ScriptedModel("<think>2+4=6 1+3=4</think>46<end>"))
     teacher.run("12+34")
     assert "trained in" not in teacher.result.value  # teacher forcing needs no note
+
+
+def _run_directory(path, operation):
+    """A trained-looking run: tiny weights and a record of its data (the operation, cot format)."""
+    import json
+
+    from mathllm.checkpoints import save_model
+    from mathllm.model import MathTransformer
+
+    save_model(MathTransformer.from_preset("tiny"), path)
+    record = {"config": {"mode": "teacher"}, "data_meta": {"arguments": {"max_digits": 3, "operation": operation,
+                                                                         "fmt": "cot"}}}
+    (path / "training_config.json").write_text(json.dumps(record))
+    return path
+
+
+def test_the_checkpoint_menu_switches_models(tmp_path):
+    menu = {"add3": _run_directory(tmp_path / "add3", "add"), "mul3": _run_directory(tmp_path / "mul3", "mul")}
+    pg = Playground(checkpoints=menu)
+    assert pg.selector.options == ("add3", "mul3") and pg.selector.value == "add3"
+    assert "mathllm-checkpoint" in pg.selector._dom_classes and "addition" in pg.model_info.value
+    assert pg.expression.placeholder == "e.g. 658+189="
+    assert pg.run("12*34") is None and "does not do multiplication" in pg.error.value
+    pg.selector.value = "mul3"  # as if chosen in the menu
+    assert "multiplication" in pg.model_info.value and pg.expression.placeholder == "e.g. 123*45="
+    assert pg.error.value == "" and pg.run("12*34") is not None  # an untrained model: any answer, but it runs
+    assert pg.run("12+34") is None and "does not do addition" in pg.error.value
+    pg.select("add3")
+    assert pg.selector.value == "add3" and pg.model is pg._loaded["add3"]  # loaded once, kept

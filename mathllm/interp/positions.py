@@ -14,6 +14,16 @@ digit of the first operand), so ``a0`` is the same kind in ``7+5`` and in ``658+
 block works on column ``k``; its result digits are ``r0`` (the column's output digit) and ``r1`` (the carry out,
 present only when there is one). Answer digits are numbered from the least significant too.
 
+Subtraction (``658-189=<think>8-9=-1 5-8-1=-4 6-1-1=4</think>469<end>``): the operator is ``-b``; step 1,
+``5-8-1=-4``, is ``s1.a s1.-b s1.b s1.-borrow s1.borrow s1.= s1.sign s1.r0`` (``sign`` is the minus of a negative
+column result; ``0-9-1=-10`` has ``s1.r1`` too).
+
+Multiplication (``12*34=<think>2*4=8 1*4=4 48 2*3+4=10 1*3+0+1=4</think>408<end>``): the operator is ``*b``; steps
+are numbered in trace order (row by row); step 3, ``2*3+4=10``, is ``s3.a s3.*b s3.b s3.+rs s3.rs s3.= s3.r1
+s3.r0`` (``rs``: the running sum's digit added in, present from the second row on), step 4 ``1*3+0+1=4`` adds
+``s4.+carry s4.carry``; the running sum written out after step 1, ``48``, is ``s1.sum1 s1.sum0`` and the space
+after it ``s1.sum.sp``.
+
 **Quantities** are what a correct procedure must compute, per problem (``quantities``): the carry into each
 column, each column's digit sum, each answer digit, each operand digit, and (in ``label_table``) a ``random``
 label that the input does not determine, the probes' negative control.
@@ -55,7 +65,14 @@ def _as_tokens(text_or_tokens: str | Sequence[int] | Sequence[str] | Any) -> lis
     return TOKENIZER.str_tokens([int(t) for t in items])
 
 
-def _term_name(index: int, num_operands: int) -> str:
+def _term_name(index: int, num_operands: int, symbol: str = "+", row: int = 0) -> str:
+    """The name of term ``index`` of a step: operands, then what the operation adds (carry, borrow, running sum)."""
+    if symbol == "-":
+        return ("a", "b", "borrow")[index] if index < 3 else f"t{index}"
+    if symbol == "*":
+        extra = ("rs", "carry") if row else ("carry",)
+        names = ("a", "b", *extra)
+        return names[index] if index < len(names) else f"t{index}"
     if index < num_operands:
         return LETTERS[index]
     return "carry" if index == num_operands else f"t{index}"
@@ -66,6 +83,8 @@ def position_kinds(text_or_tokens: str | Sequence[int] | Sequence[str]) -> list[
 
     >>> position_kinds("12+3=15<end>")
     ['a1', 'a0', '+b', 'b0', '=', 'ans1', 'ans0', '<end>']
+    >>> position_kinds("31-7=<think>1-7=-6 3-0-1=2</think>24<end>")[5:13]
+    ['<think>', 's0.a', 's0.-b', 's0.b', 's0.=', 's0.sign', 's0.r0', 's0.sp']
 
     Anything that does not parse as a problem in the project's formats (a model's malformed output) gets
     ``?<index>``, never an exception.
@@ -78,12 +97,14 @@ def position_kinds(text_or_tokens: str | Sequence[int] | Sequence[str]) -> list[
     if "=" not in tokens:
         return kinds
     eq = tokens.index("=")
-    # The prompt: operands separated by '+'.
+    symbols = [t for t in tokens[:eq] if t in "+-*"]
+    symbol = symbols[0] if symbols else "+"
+    # The prompt: operands separated by the operator.
     groups: list[list[int]] = [[]]
     for i in range(eq):
-        if tokens[i] == "+":
+        if tokens[i] in "+-*":
             groups.append([])
-            kinds[i] = f"+{LETTERS[len(groups) - 1]}" if len(groups) - 1 < len(LETTERS) else f"?{i}"
+            kinds[i] = f"{tokens[i]}{LETTERS[len(groups) - 1]}" if len(groups) - 1 < len(LETTERS) else f"?{i}"
         elif tokens[i].isdigit():
             groups[-1].append(i)
     num_operands = len(groups)
@@ -95,28 +116,45 @@ def position_kinds(text_or_tokens: str | Sequence[int] | Sequence[str]) -> list[
     if i < len(tokens) and tokens[i] == "<think>":
         kinds[i] = "<think>"
         i += 1
-        step, term, after_equals, result = 0, 0, False, []
+        step, row, term, after_equals, result, item = 0, 0, 0, False, [], []
+
+        def close_item(space: int | None) -> None:
+            """Name what the item that ends here wrote: a step's result digits, or a bare running sum."""
+            nonlocal step, row
+            if symbol == "*" and not after_equals and item and term == 0 and step:  # a running sum, e.g. 738
+                for t, r in enumerate(item):
+                    kinds[r] = f"s{step - 1}.sum{len(item) - 1 - t}"
+                if space is not None:
+                    kinds[space] = f"s{step - 1}.sum.sp"
+                row += 1
+                return
+            for t, r in enumerate(result):
+                kinds[r] = f"s{step}.r{len(result) - 1 - t}"
+            if space is not None:
+                kinds[space] = f"s{step}.sp"
+            step += 1
+
         while i < len(tokens) and tokens[i] not in ("</think>", "<end>", "<pad>"):
             tok = tokens[i]
             if tok == " ":
-                for t, r in enumerate(result):
-                    kinds[r] = f"s{step}.r{len(result) - 1 - t}"
-                kinds[i] = f"s{step}.sp"
-                step, term, after_equals, result = step + 1, 0, False, []
+                close_item(i)
+                term, after_equals, result, item = 0, False, [], []
             elif tok == "=" and not after_equals:
                 kinds[i] = f"s{step}.="
                 after_equals = True
-            elif tok == "+" and not after_equals:
+            elif tok in "+-*" and not after_equals:
                 term += 1
-                kinds[i] = f"s{step}.+{_term_name(term, num_operands)}"
+                kinds[i] = f"s{step}.{tok}{_term_name(term, num_operands, symbol, row)}"
+            elif tok == "-" and after_equals and not result:
+                kinds[i] = f"s{step}.sign"
             elif tok.isdigit():
                 if after_equals:
                     result.append(i)
                 else:
-                    kinds[i] = f"s{step}.{_term_name(term, num_operands)}"
+                    item.append(i)
+                    kinds[i] = f"s{step}.{_term_name(term, num_operands, symbol, row)}"
             i += 1
-        for t, r in enumerate(result):
-            kinds[r] = f"s{step}.r{len(result) - 1 - t}"
+        close_item(None)
         if i < len(tokens) and tokens[i] == "</think>":
             kinds[i] = "</think>"
             i += 1
@@ -138,14 +176,16 @@ _STEP = re.compile(r"^s(\d+)\.(.+)$")
 def _term_rank(name: str) -> int:
     if name in LETTERS:
         return LETTERS.index(name)
-    if name == "carry":
+    if name == "rs":
+        return 15
+    if name in ("carry", "borrow"):
         return 20
     return 30 + int(name[1:]) if name[1:].isdigit() else 99
 
 
 def kind_sort_key(kind: str) -> tuple:
     """Orders kinds as they appear in a sequence: ``sorted(kinds, key=kind_sort_key)``."""
-    if kind.startswith("+") and kind[1:] in LETTERS:
+    if kind[:1] in ("+", "-", "*") and kind[1:] in LETTERS:
         return (0, LETTERS.index(kind[1:]), -1000, "")
     m = _OPERAND_DIGIT.match(kind)
     if m:
@@ -156,14 +196,20 @@ def kind_sort_key(kind: str) -> tuple:
     m = _STEP.match(kind)
     if m:
         step, part = int(m.group(1)), m.group(2)
-        if part.startswith("+"):
+        if part[:1] in ("+", "-", "*"):
             within = 2 * _term_rank(part[1:]) - 1
         elif part == "=":
             within = 1000
+        elif part == "sign":
+            within = 1500
         elif part.startswith("r") and part[1:].isdigit():
             within = 2000 - int(part[1:])
         elif part == "sp":
             within = 3000
+        elif part.startswith("sum") and part[3:].isdigit():
+            within = 4000 - int(part[3:])
+        elif part == "sum.sp":
+            within = 5000
         else:
             within = 2 * _term_rank(part)
         return (3, step, within, "")
