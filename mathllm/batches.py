@@ -34,11 +34,12 @@ def num_operands(prompt: str) -> int:
 
 def stratum(prompt: str) -> tuple[int, ...]:
     """A prompt's stratum, what ``stratum_min_share`` balances: its operands' lengths in order (which gives their
-    count too), ``stratum("658+7=") == (3, 1)``."""
+    count too), ``stratum("658+7=") == (3, 1)``; leading zeros do not count (``stratum("0658+0007=") == (3, 1)``,
+    the zero-padded prompts of the answer-slots mode)."""
     body = prompt.split("=", 1)[0]
     for op in "-*":
         body = body.replace(op, "+")
-    return tuple(len(part) for part in body.split("+"))
+    return tuple(len(part.lstrip("0") or part[:1]) for part in body.split("+"))
 
 
 @dataclass
@@ -54,6 +55,8 @@ class LengthGroupedData:
     num_examples: int
     # repeats[L][i]: how often example i of length L appears in one epoch (None = once each)
     repeats: dict[Any, torch.Tensor] | None = None
+    # digits[L][i]: the length of example i's longest operand, leading zeros not counted (a curriculum filters on it)
+    digits: dict[Any, torch.Tensor] | None = None
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], max_length: int, source: str = "data",
@@ -88,7 +91,8 @@ class LengthGroupedData:
             groups[length] = ids
             masks[length] = completion_mask(ids, ignore_target_ids)
         return cls(groups, masks, len(texts),
-                   example_repeats(labels_by_length, operand_balance, stratum_min_share, groups))
+                   example_repeats(labels_by_length, operand_balance, stratum_min_share, groups),
+                   _longest_operands(labels_by_length, groups))
 
     @classmethod
     def from_rows(cls, rows: dict[Any, list[list[int]]], labels: dict[Any, list[tuple[int, tuple[int, ...]]]],
@@ -99,7 +103,8 @@ class LengthGroupedData:
             raise ValueError("no examples")
         groups = {key: torch.tensor(rows[key], dtype=torch.long) for key in sorted(rows)}
         n = sum(len(r) for r in rows.values())
-        return cls(groups, {}, n, example_repeats(labels, operand_balance, stratum_min_share, groups))
+        return cls(groups, {}, n, example_repeats(labels, operand_balance, stratum_min_share, groups),
+                   _longest_operands(labels, groups))
 
     def num_tokens(self) -> int:
         return sum(g.numel() for g in self.groups.values())
@@ -153,6 +158,13 @@ def example_repeats(labels_by_key: dict[Any, list[tuple[int, tuple[int, ...]]]],
     return {key: torch.tensor(repeats[key]) for key in groups}
 
 
+def _longest_operands(labels_by_key: dict[Any, list[tuple[int, tuple[int, ...]]]],
+                      groups: dict[Any, torch.Tensor]) -> dict[Any, torch.Tensor]:
+    """Per group, each example's longest operand (from its stratum), for a curriculum over operand length."""
+    return {key: torch.tensor([max(s) if s else 0 for _, s in labels_by_key[key]], dtype=torch.long)
+            for key in groups}
+
+
 class BatchOrder:
     """Batch ``i`` of the endless sequence of epochs (epoch ``i // steps_per_epoch``), one epoch cached."""
 
@@ -166,6 +178,51 @@ class BatchOrder:
         if epoch != self.epoch:
             self.epoch, self.batches = epoch, self.data.epoch_batches(self.batch_size, epoch, self.seed)
         return self.batches[index % self.steps_per_epoch]
+
+
+class CurriculumOrder:
+    """Batches under a curriculum over operand length (Fan et al. 2024): batch ``step`` is drawn from the examples
+    whose longest operand has at most ``max_digits_at(step)`` digits (``LengthGroupedData.digits``).
+
+    A group is chosen with probability proportional to its eligible examples, then ``batch_size`` distinct eligible
+    examples of it, with a generator seeded by the seed and the step: the batch of a step is a pure function of
+    both, so a resumed run sees the same batches. (Examples are drawn afresh every step, not in epochs; the
+    balancing options' repeats are not used.)
+
+        >>> data = LengthGroupedData.from_texts(["1+2=3<end>", "12+34=46<end>", "123+4=127<end>"], 16)
+        >>> order = CurriculumOrder(data, 2, seed=0, max_digits_at=lambda step: 1 + step)
+        >>> key, rows = order[0]; key, rows.tolist()        # step 0: one-digit operands only
+        (6, [0])
+    """
+
+    def __init__(self, data: LengthGroupedData, batch_size: int, seed: int, max_digits_at):
+        if data.digits is None:
+            raise ValueError("a curriculum needs each example's operand length (LengthGroupedData.digits)")
+        self.data, self.batch_size, self.seed, self.max_digits_at = data, batch_size, seed, max_digits_at
+        self.steps_per_epoch = max(1, math.ceil(data.num_examples / batch_size))
+        self._eligible: dict[int, tuple[list[Any], torch.Tensor, list[torch.Tensor]]] = {}
+
+    def eligible(self, max_digits: int) -> tuple[list[Any], torch.Tensor, list[torch.Tensor]]:
+        """``(group keys, eligible counts, eligible row indices per key)`` for a digit limit."""
+        if max_digits not in self._eligible:
+            keys, counts, rows = [], [], []
+            for key, digits in self.data.digits.items():
+                ok = (digits <= max_digits).nonzero().flatten()
+                if len(ok):
+                    keys.append(key), counts.append(len(ok)), rows.append(ok)
+            if not keys:
+                raise ValueError(f"the curriculum asks for operands of at most {max_digits} digits, and the data "
+                                 "has none that short")
+            self._eligible[max_digits] = (keys, torch.tensor(counts, dtype=torch.float64), rows)
+        return self._eligible[max_digits]
+
+    def __getitem__(self, step: int) -> tuple[Any, torch.Tensor]:
+        keys, counts, rows = self.eligible(self.max_digits_at(step))
+        gen = torch.Generator().manual_seed((self.seed * 2_147_483_629 + step * 7_919 + 5_000_000_029)
+                                            % (2**63 - 1))
+        g = int(torch.multinomial(counts, 1, generator=gen)) if len(keys) > 1 else 0
+        pick = torch.randperm(len(rows[g]), generator=gen)[: self.batch_size]
+        return keys[g], rows[g][pick]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,6 +268,6 @@ def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Te
     return loss
 
 
-__all__ = ["BatchOrder", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
+__all__ = ["BatchOrder", "CurriculumOrder", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
            "num_operands",
            "prompt_targets", "stratum"]

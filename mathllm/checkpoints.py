@@ -458,13 +458,16 @@ def mode_metadata(mode: TrainingMode) -> dict[str, str]:
 
 
 def load(path: Union[str, Path] = SHIPPED_CHECKPOINT, model_size: Optional[str] = None,
-         device: str = "auto") -> TrainedModel:
+         device: str = "auto", loops: Optional[int] = None) -> TrainedModel:
     """A checkpoint directory or ``model.safetensors`` with its mode and run record, in eval mode on ``device``.
 
     The mode comes from the run's ``training_config.json``, or, for a lone weights file, from the mode its
-    trainer wrote into the safetensors metadata; a model with neither is a teacher-forcing one.
+    trainer wrote into the safetensors metadata; a model with neither is a teacher-forcing one. ``loops`` runs the
+    blocks that many times (a looped model past or short of its trained count; default: the trained count).
     """
     model = load_model(path, model_size=model_size)
+    if loops is not None:
+        model.set_loops(loops)
     record = training_record(path)
     if record is not None:
         mode = mode_from_config(record.get("config") or {})
@@ -481,6 +484,10 @@ def dataset_for_checkpoint(checkpoint: Union[str, Path]):
     if not args:
         raise ValueError(f"{checkpoint}: no training_config.json with the data's arguments beside it; "
                          "load the data with mathllm.data.load_split instead")
+    if "generator" in args:  # data made by another generator (mathllm.chains.write_examples records its name)
+        from mathllm.chains import regenerate
+
+        return regenerate(args)
     return generate_dataset(**args)
 
 

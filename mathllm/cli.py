@@ -95,6 +95,8 @@ def training_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="delete --output-dir (only if it holds a training run) and train from scratch")
     parser.add_argument("--use-gumbel", dest="use_gumbel", action="store_true",
                         help="the seed's flag: the same as --mode gumbel")
+    parser.add_argument("--answer-slots", dest="answer_slots", action="store_true", default=argparse.SUPPRESS,
+                        help="the same as --mode answer-slots (every answer digit read at once from <pause> slots)")
     seen: set[str] = set()
     for name, cls in available_modes().items():
         group = parser.add_argument_group(f"settings of --mode {name}")
@@ -107,10 +109,9 @@ def training_config(args: dict[str, Any]) -> tuple[TrainConfig, bool]:
     any), then the flags given. Mode settings of a mode other than ``--mode`` are an error naming them."""
     args = dict(args)
     config_path, overwrite = args.pop("config", None), args.pop("overwrite", False)
-    if args.pop("use_gumbel", False):
-        alias = "gumbel"
-        if args.setdefault("mode", alias) != alias:
-            raise ValueError(f"--use-gumbel contradicts --mode {args['mode']}")
+    for flag, alias in (("use_gumbel", "gumbel"), ("answer_slots", "answer-slots")):
+        if args.pop(flag, False) and args.setdefault("mode", alias) != alias:
+            raise ValueError(f"--{flag.replace('_', '-')} contradicts --mode {args['mode']}")
     if config_path:
         return config_from_file(config_path, **args), overwrite
     return TrainConfig.from_dict(args), overwrite

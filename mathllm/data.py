@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 import mathllm
-from mathllm.arithmetic import (OPERATIONS, Operation, check_operands, column_totals, count_borrows_array,
+from mathllm.arithmetic import (OPERATIONS, Operation, column_totals, count_borrows_array,
                                 count_carries_array, count_multiplication_carries_array, multiplication_arrays,
                                 num_digits_array, operation as get_operation, subtraction_columns_array)
 from mathllm.text import parse_prompt
@@ -806,17 +806,19 @@ class Dataset:
         return f"Dataset({counts}, format={self.meta.get('arguments', {}).get('fmt')!r})"
 
 
-def _shapes(max_digits: int, max_operands: int) -> list[tuple[int, ...]]:
+def _shapes(max_digits: int, max_operands: int, min_digits: int = 1) -> list[tuple[int, ...]]:
     """Every tuple of operand lengths: ``_shapes(2, 2) == [(1, 1), (1, 2), (2, 1), (2, 2)]``."""
     return [lengths for n in range(2, max_operands + 1)
-            for lengths in itertools.product(range(1, max_digits + 1), repeat=n)]
+            for lengths in itertools.product(range(min_digits, max_digits + 1), repeat=n)]
 
 
-def _check_arguments(num_examples, max_digits, max_operands, fmt, ratios, operations=("add",)) -> None:
+def _check_arguments(num_examples, max_digits, max_operands, fmt, ratios, operations=("add",), min_digits=1) -> None:
     if not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
         raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
     if not 1 <= max_digits <= MAX_DIGITS_LIMIT:
         raise ValueError(f"max_digits must be in 1..{MAX_DIGITS_LIMIT}, got {max_digits}")
+    if not 1 <= min_digits <= max_digits:
+        raise ValueError(f"min_digits must be in 1..max_digits ({max_digits}), got {min_digits}")
     if not 2 <= max_operands <= MAX_OPERANDS_LIMIT:
         raise ValueError(f"max_operands must be in 2..{MAX_OPERANDS_LIMIT}, got {max_operands}")
     if fmt not in FORMATS:
@@ -845,9 +847,9 @@ def _numbers_of_length(length: int) -> int:
     return 10 if length == 1 else 9 * 10 ** (length - 1)
 
 
-def _pair_shapes(op: Operation, max_digits: int) -> list[tuple[int, int]]:
+def _pair_shapes(op: Operation, max_digits: int, min_digits: int = 1) -> list[tuple[int, int]]:
     """The operand-length pairs of an operation: ``a >= b`` leaves subtraction only ``len(a) >= len(b)``."""
-    return [(la, lb) for la in range(1, max_digits + 1) for lb in range(1, max_digits + 1)
+    return [(la, lb) for la in range(min_digits, max_digits + 1) for lb in range(min_digits, max_digits + 1)
             if op.name != "sub" or lb <= la]
 
 
@@ -901,15 +903,15 @@ class _Problems:
 
 
 def _addition_problems(num_examples: int, max_digits: int, max_operands: int, rng: np.random.Generator,
-                       progress: bool, requested: int | None = None) -> _Problems:
+                       progress: bool, requested: int | None = None, min_digits: int = 1) -> _Problems:
     """Balanced distinct additions (shapes, then carries; see the module docstring). ``requested``: the number of
     problems the user asked for, when this is the only operation (a warning says when fewer exist)."""
     from tqdm.auto import tqdm
 
-    shapes = _shapes(max_digits, max_operands)
+    shapes = _shapes(max_digits, max_operands, min_digits)
     tables = [_Shape.build(lengths) for lengths in shapes]
     capacity = np.stack([t.capacity[: max_digits + 1] for t in tables])
-    available = count_distinct_problems(max_digits, max_operands)
+    available = _available("add", max_digits, max_operands, min_digits)
     exhausted = num_examples >= available
     if exhausted and requested is not None:
         logger.warning(
@@ -937,9 +939,10 @@ def _addition_problems(num_examples: int, max_digits: int, max_operands: int, rn
     return _Problems(operands, num_operands, expected_carries, available, shape_counts)
 
 
-def _pair_problems(op: Operation, num_examples: int, max_digits: int, rng: np.random.Generator) -> _Problems:
+def _pair_problems(op: Operation, num_examples: int, max_digits: int, rng: np.random.Generator,
+                   min_digits: int = 1) -> _Problems:
     """Distinct subtraction or multiplication problems, equal shares per shape (capped by what each has)."""
-    shapes = _pair_shapes(op, max_digits)
+    shapes = _pair_shapes(op, max_digits, min_digits)
     capacity = np.array([_pair_capacity(op, la, lb) for la, lb in shapes], dtype=np.int64)
     total = int(min(num_examples, capacity.sum()))
     quotas = _fill_whole(total, np.ones(len(shapes)), capacity.astype(float))
@@ -951,17 +954,19 @@ def _pair_problems(op: Operation, num_examples: int, max_digits: int, rng: np.ra
                      int(capacity.sum()), shape_counts)
 
 
-def _available(name: str, max_digits: int, max_operands: int) -> int:
+def _available(name: str, max_digits: int, max_operands: int, min_digits: int = 1) -> int:
     if name == "add":
-        return count_distinct_problems(max_digits, max_operands)
+        if min_digits == 1:
+            return count_distinct_problems(max_digits, max_operands)
+        return sum(_Shape.build(lengths).size for lengths in _shapes(max_digits, max_operands, min_digits))
     op = OPERATIONS[name]
-    return sum(_pair_capacity(op, la, lb) for la, lb in _pair_shapes(op, max_digits))
+    return sum(_pair_capacity(op, la, lb) for la, lb in _pair_shapes(op, max_digits, min_digits))
 
 
 def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_operands: int = 2, seed: int = 42,
                      fmt: str = "cot", train_ratio: float = 0.8, val_ratio: float = 0.1, test_ratio: float = 0.1,
                      progress: bool | None = None, whole_strata_below: int = 0,
-                     operation: str | Sequence[str] = "add") -> Dataset:
+                     operation: str | Sequence[str] = "add", min_digits: int = 1) -> Dataset:
     """Balanced, distinct problems split into train/val/test (see the module docstring).
 
     >>> ds = generate_dataset(num_examples=1000, max_digits=3, seed=0)
@@ -976,6 +981,8 @@ def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_opera
     ``operation``: ``"add"``, ``"sub"``, ``"mul"`` or a comma list (``"add,sub"``) that gives each operation an
     equal share; subtraction and multiplication have two operands (``max_operands`` is addition's).
 
+    ``min_digits``: operands have min_digits..max_digits digits (``min_digits=max_digits=3``: only 3-digit operands).
+
     ``whole_strata_below`` n: a stratum (an operation and a tuple of operand lengths) with fewer than n distinct
     problems goes to the training split whole. It is a table the model must know rather than a rule to generalise:
     there are only 100 one-digit addition pairs (55 one-digit subtractions), written without a think block, and a
@@ -983,11 +990,11 @@ def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_opera
     """
     operations = parse_operations(operation)
     ratios = (train_ratio, val_ratio, test_ratio)
-    _check_arguments(num_examples, max_digits, max_operands, fmt, ratios, operations)
+    _check_arguments(num_examples, max_digits, max_operands, fmt, ratios, operations, min_digits)
     progress = num_examples >= 500_000 if progress is None else progress
     rng = np.random.default_rng(seed)
     single_add = operations == ("add",)
-    available_per = np.array([_available(name, max_digits, max_operands) for name in operations])
+    available_per = np.array([_available(name, max_digits, max_operands, min_digits) for name in operations])
     available = int(available_per.sum())
     exhausted = num_examples >= available
     if exhausted and not single_add:
@@ -999,9 +1006,9 @@ def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_opera
     for name, share in zip(operations, shares):
         if name == "add":
             parts.append(_addition_problems(int(share), max_digits, max_operands, rng, progress,
-                                            num_examples if single_add else None))
+                                            num_examples if single_add else None, min_digits))
         else:
-            parts.append(_pair_problems(OPERATIONS[name], int(share), max_digits, rng))
+            parts.append(_pair_problems(OPERATIONS[name], int(share), max_digits, rng, min_digits))
     width = max_operands if "add" in operations else 2
     operands = np.zeros((sum(len(p.operands) for p in parts), width), dtype=np.int64)
     row = 0
@@ -1040,6 +1047,8 @@ def generate_dataset(num_examples: int = 100_000, max_digits: int = 2, max_opera
         arguments["whole_strata_below"] = whole_strata_below
     if not single_add:
         arguments["operation"] = ",".join(operations)
+    if min_digits != 1:
+        arguments["min_digits"] = min_digits
     meta = {
         "arguments": arguments,
         "command": generate_command(**arguments),

@@ -28,24 +28,26 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (even with one process: DDP is then used, for comparison)
 
     @classmethod
     def from_env(cls) -> "Distributed":
         """The job ``torchrun`` started (and the process group joined), or one process."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             return cls()
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
                 torch.cuda.set_device(local)
             dist.init_process_group(backend=backend)
-        return cls(rank, world, local)
+        return cls(rank, world, local, launched=True)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether this process is part of a torchrun job (batches split, gradients averaged by DDP)."""
+        return self.launched
 
     @property
     def is_main(self) -> bool:

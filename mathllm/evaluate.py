@@ -205,7 +205,7 @@ def evaluate_examples(model, examples: Sequence[dict[str, Any]], batch_size: int
         "mode": mode.name,
         "think_exact": think_right / think_total if think_total and mode.writes_human_trace else None,
         "num_with_think": think_total,
-        "token_accuracy": token_accuracy(model, scoring, batch_size, answer_only) if texts else float("nan"),
+        "token_accuracy": _token_accuracy(model, mode, texts, scoring, batch_size, answer_only),
         "token_accuracy_format": mode.description,
         **tables,
         "worst_stratum": worst(tables["by_stratum"]),
@@ -219,6 +219,15 @@ def evaluate_examples(model, examples: Sequence[dict[str, Any]], batch_size: int
     if predictions:
         results["predictions"] = records
     return results
+
+
+def _token_accuracy(model, mode: TrainingMode, texts: Sequence[str], scoring: Sequence[str], batch_size: int,
+                    answer_only: bool) -> float:
+    """The mode's own token accuracy when it has one, else teacher-forced next-token accuracy on ``scoring``."""
+    if not texts:
+        return float("nan")
+    own = mode.token_accuracy(model, texts, batch_size)
+    return own if own is not None else token_accuracy(model, scoring, batch_size, answer_only)
 
 
 def _cell_name(key: Any) -> str:

@@ -36,6 +36,7 @@ elsewhere (CUDA, long sequences). ``model.set_attention_backend("sdpa" | "explic
 
 from __future__ import annotations
 
+import contextlib
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -577,6 +578,7 @@ class MathTransformer(HookedRootModule):
         self.unembed = Unembed(c)
         self.init_weights()
         self.n_loops = 1
+        self._frozen = 0  # iterations run without gradient (frozen_iterations)
         self.set_loops(c.n_loops)  # also HookedRootModule.setup(): names every HookPoint, builds hook_dict
 
     def set_loops(self, n_loops: int) -> None:
@@ -593,7 +595,7 @@ class MathTransformer(HookedRootModule):
     def looping(self, n_loops: Optional[int]) -> Iterator["MathTransformer"]:
         """``with model.looping(8): ...`` runs 8 iterations inside the block, then goes back (None: no change)."""
         before = self.n_loops
-        if n_loops is not None:
+        if n_loops is not None and n_loops != before:
             self.set_loops(n_loops)
         try:
             yield self
@@ -601,17 +603,33 @@ class MathTransformer(HookedRootModule):
             if self.n_loops != before:
                 self.set_loops(before)
 
+    @contextmanager
+    def frozen_iterations(self, n: int) -> Iterator["MathTransformer"]:
+        """Inside ``with model.frozen_iterations(n):`` the first ``n`` iterations run without an autograd graph and
+        their state is detached, so gradients flow through the later ones only (the progressive loss of Bansal et
+        al. 2022). ``n`` must be below the number of iterations run; 0 changes nothing."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"frozen iterations must be a non-negative integer, got {n!r}")
+        before = self._frozen
+        self._frozen = n
+        try:
+            yield self
+        finally:
+            self._frozen = before
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "MathTransformer":
         return cls(ModelConfig.from_preset(name, **overrides))
 
     def init_weights(self, seed: Optional[int] = None) -> None:
-        """Normal(0, init_std) weights; W_O and W_out scaled by 1/sqrt(2 n_layers); zero biases; unit LN."""
+        """Normal(0, init_std) weights; W_O and W_out scaled by 1/sqrt(2 n_layers n_loops); zero biases; unit LN."""
         gen = None
         if seed is not None:
             gen = torch.Generator(device="cpu").manual_seed(seed)
         std = self.cfg.init_std
-        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        # the residual writers scale with the depth the stream passes through: n_layers x n_loops (GPT-2's rule;
+        # 1 / sqrt(2 n_layers) for a one-pass model, as before)
+        out_std = std / math.sqrt(2 * self.cfg.n_layers * self.cfg.n_loops)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 leaf = name.rsplit(".", 1)[-1]
@@ -720,11 +738,17 @@ class MathTransformer(HookedRootModule):
                 embedded = block(embedded, rope, cache)
             return embedded
         resid, n = embedded, self.cfg.n_layers
+        frozen = self._frozen
+        if frozen and frozen >= self.n_loops:
+            raise ValueError(f"{frozen} frozen iterations leave none of the {self.n_loops} to train")
         for i in range(self.n_loops):
-            resid = self.loops[i].hook_resid_pre(resid if i == 0 else resid + embedded)
-            for block in self.blocks:
-                resid = block(resid, rope, cache, slot=i * n + block.layer)
-            resid = self.loops[i].hook_resid_post(resid)
+            with torch.no_grad() if i < frozen else contextlib.nullcontext():
+                resid = self.loops[i].hook_resid_pre(resid if i == 0 else resid + embedded)
+                for block in self.blocks:
+                    resid = block(resid, rope, cache, slot=i * n + block.layer)
+                resid = self.loops[i].hook_resid_post(resid)
+            if i + 1 == frozen:
+                resid = resid.detach()
         return resid
 
     def _output(self, resid: torch.Tensor, input_ids: Optional[torch.Tensor], return_type: Optional[str]):

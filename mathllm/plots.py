@@ -6,7 +6,7 @@ One section per topic, in notebook order; add a new section at the end rather th
     save_data_distributions_png(dataset)              # figures/01_data_distributions.png
 
 Sections: data (notebook 01), training (02), evaluation (03), playground (04), interpretability (05-07),
-reasoning without instructions (08).
+reasoning without instructions (08), latent reasoning in depth (09).
 """
 
 from __future__ import annotations
@@ -778,3 +778,283 @@ def save_think_information_png(table, path: str | Path = FIGURES_DIR / "08_think
 
 __all__ = [*__all__, "plot_mode_comparison", "plot_mode_learning_curves", "save_mode_comparison_png",
            "plot_think_token_frequencies", "plot_think_information", "save_think_information_png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Latent reasoning in depth (notebook 09): looped models by carry-chain length, what each iteration computes.
+# The numbers come from scripts/looped_experiment.py, mathllm.depth and mathllm.interp.iterations.
+# ----------------------------------------------------------------------------------------------
+
+def chain_table_rows(summary: Mapping[str, Any], which: str = "") -> tuple[list[str], list[str], np.ndarray,
+                                                                             np.ndarray]:
+    """``(run names, columns, mean [run, column], min [run, column])`` of a looped experiment's table: the uniform
+    set and each carry-chain length k, mean and min over the seeds (``which="same_weights_L1_"``: the same weights
+    run once)."""
+    table = summary["table"]
+    names = [n for n, row in table.items() if row.get(f"{which}uniform")]
+    ks = sorted({int(key[len(which) + 1:]) for row in table.values() for key in row
+                 if key.startswith(f"{which}k") and key[len(which) + 1:].isdigit()})
+    columns = ["uniform"] + [f"k{k}" for k in ks]
+    mean = np.full((len(names), len(columns)), np.nan)
+    low = np.full_like(mean, np.nan)
+    for i, name in enumerate(names):
+        for j, col in enumerate(columns):
+            cell = table[name].get(f"{which}{col}")
+            if cell:
+                mean[i, j], low[i, j] = cell["mean"], cell["min"]
+    return names, columns, mean, low
+
+
+def _chain_cell(mean: float, low: float, newline: str = "\n") -> str:
+    """A chain-table cell: the mean and, in brackets, the worst seed (left out when it is the mean: one seed)."""
+    if not np.isfinite(mean):
+        return ""
+    return f"{mean:.1%}" if low == mean else f"{mean:.1%}{newline}({low:.1%})"
+
+
+def plot_chain_table(summary: Mapping[str, Any], title: str = "Exact match by carry-chain length (mean over seeds)"):
+    """Plotly heatmap: one row per run, one column for the uniform set and one per chain length k; the text gives
+    the mean and, in brackets, the worst seed (when it differs from the mean)."""
+    import plotly.graph_objects as go
+
+    names, columns, mean, low = chain_table_rows(summary)
+    text = [[_chain_cell(m, l, "<br>") for m, l in zip(mr, lr)] for mr, lr in zip(mean, low)]
+    fig = go.Figure(go.Heatmap(z=mean, x=columns, y=names, zmin=0, zmax=1, colorscale="Viridis", text=text,
+                               texttemplate="%{text}", textfont={"size": 9}, colorbar=dict(title="exact")))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=120 + 40 * len(names), width=1000, title=title)
+    return fig
+
+
+def save_chain_table_png(summary: Mapping[str, Any], path: str | Path = FIGURES_DIR / "09_chain_table.png",
+                         title: str = "Exact match by carry-chain length (mean over seeds; worst seed below)") -> Path:
+    """Matplotlib PNG of ``plot_chain_table``."""
+    from matplotlib.figure import Figure
+
+    names, columns, mean, low = chain_table_rows(summary)
+    fig = Figure(figsize=(1.2 + 0.75 * len(columns), 0.9 + 0.42 * len(names)), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(mean, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(columns)):
+            if np.isfinite(mean[i, j]):
+                ax.text(j, i, _chain_cell(mean[i, j], low[i, j]), ha="center", va="center", fontsize=6.5,
+                        color="white" if mean[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels(columns, fontsize=8)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_iteration_lens(accuracy_by_depth: Mapping[int, Sequence[float]], labels: Sequence[str], trained_steps: int,
+                        steps_to_answer: Mapping[int, Mapping[str, float]] | None = None,
+                        title: str = "Logit lens after every layer of every iteration"):
+    """Plotly, two panels: the share of problems whose whole answer the lens reads right after each depth step, one
+    line per carry-chain length k (a dashed line at the trained depth), and the mean depth step from which the answer
+    stays right, against k (a ripple carry climbs linearly, a lookahead like log k, a parallel read stays flat)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cols = 2 if steps_to_answer else 1
+    fig = make_subplots(rows=1, cols=cols, subplot_titles=["exact match by depth step", "steps until it settles"][:cols])
+    for i, (k, values) in enumerate(sorted(accuracy_by_depth.items())):
+        fig.add_trace(go.Scatter(x=list(labels), y=list(values), mode="lines+markers", name=f"k={k}",
+                                 line=dict(color=_color(f"k{k}", i))), row=1, col=1)
+    fig.add_vline(x=trained_steps - 1, line_dash="dash", line_color="grey", row=1, col=1)
+    if steps_to_answer:
+        ks = sorted(steps_to_answer)
+        fig.add_trace(go.Scatter(x=ks, y=[steps_to_answer[k]["mean_step"] for k in ks], mode="lines+markers",
+                                 name="mean step", line=dict(color="#333333")), row=1, col=2)
+        fig.update_xaxes(title_text="carry-chain length k", row=1, col=2)
+        fig.update_yaxes(title_text="depth step (layer outputs)", range=[0, len(labels) + 0.5], row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1)
+    fig.update_layout(height=420, width=1050, title=title)
+    return fig
+
+
+def save_iteration_lens_png(accuracy_by_depth: Mapping[int, Sequence[float]], labels: Sequence[str],
+                            trained_steps: int, steps_to_answer: Mapping[int, Mapping[str, float]],
+                            path: str | Path = FIGURES_DIR / "09_iteration_lens.png",
+                            title: str = "Logit lens at every depth step, by carry-chain length k") -> Path:
+    """Matplotlib PNG of ``plot_iteration_lens``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.8), dpi=110, layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    x = np.arange(len(labels))
+    for i, (k, values) in enumerate(sorted(accuracy_by_depth.items())):
+        ax.plot(x, values, "-o", ms=3, color=_color(f"k{k}", i), label=f"k={k}")
+    ax.axvline(trained_steps - 1, ls="--", color="grey", lw=1)
+    ax.text(trained_steps - 1, 1.0, " trained depth", fontsize=7, color="grey", va="top")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=60, fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("whole answer right (lens)")
+    ax.legend(fontsize=7, ncol=2)
+    ks = sorted(steps_to_answer)
+    ax2.plot(ks, [steps_to_answer[k]["mean_step"] for k in ks], "-o", color="#333333", label="mean")
+    ax2.plot(ks, [steps_to_answer[k]["max_step"] for k in ks], ":", color="#777777", label="max")
+    ax2.set_ylim(0, trained_steps + 0.5)
+    ax2.set_xlabel("carry-chain length k")
+    ax2.set_ylabel("first step it stays right")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_probe_grid(grid: Mapping[str, Mapping[str, Any]], control: Mapping[str, Mapping[str, Any]] | None = None,
+                    title: str = "Linear probes at the answer slots, by iteration"):
+    """Plotly heatmaps, one per quantity family (column sum, generate, propagate, carry in): held-out accuracy per
+    stream (embedding, after iteration 1, 2, ...) and column, read at the slot that writes that column's digit; the
+    hover gives the shuffled-label/majority baseline. ``control``: the same grid for an untrained model (second row)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    families = list(grid)
+    rows = 2 if control else 1
+    titles = families + ([f"{f} (untrained model)" for f in families] if control else [])
+    fig = make_subplots(rows=rows, cols=len(families), subplot_titles=titles, horizontal_spacing=0.04,
+                        vertical_spacing=0.12)
+    for r, source in enumerate([grid] + ([control] if control else [])):
+        for c, family in enumerate(families):
+            g = source[family]
+            text = [[f"acc {a:.2f}<br>baseline {b:.2f}" for a, b in zip(ar, br)]
+                    for ar, br in zip(g["accuracy"], g["baseline"])]
+            fig.add_trace(go.Heatmap(z=g["accuracy"], x=[f"col {x}" for x in g["columns"]], y=g["streams"], zmin=0,
+                                     zmax=1, colorscale="Viridis", showscale=(r == 0 and c == 0), hovertext=text,
+                                     hoverinfo="text"), row=r + 1, col=c + 1)
+            fig.update_yaxes(autorange="reversed", row=r + 1, col=c + 1)
+    fig.update_layout(height=330 * rows, width=1100, title=title)
+    return fig
+
+
+def save_probe_grid_png(grid: Mapping[str, Mapping[str, Any]], control: Mapping[str, Mapping[str, Any]] | None = None,
+                        path: str | Path = FIGURES_DIR / "09_probe_grid.png",
+                        title: str = "Linear probes at the answer slots (accuracy; baseline in brackets)") -> Path:
+    """Matplotlib PNG of ``plot_probe_grid``."""
+    from matplotlib.figure import Figure
+
+    families = list(grid)
+    sources = [("trained", grid)] + ([("untrained", control)] if control else [])
+    fig = Figure(figsize=(3.0 * len(families), 2.6 * len(sources) + 0.4), dpi=110, layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(sources), len(families), squeeze=False))
+    for r, (label, source) in enumerate(sources):
+        for c, family in enumerate(families):
+            g, ax = source[family], axes[r, c]
+            acc, base = np.asarray(g["accuracy"]), np.asarray(g["baseline"])
+            ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            for i in range(acc.shape[0]):
+                for j in range(acc.shape[1]):
+                    if np.isfinite(acc[i, j]):
+                        ax.text(j, i, f"{acc[i, j]:.2f}\n({base[i, j]:.2f})", ha="center", va="center", fontsize=5.5,
+                                color="white" if acc[i, j] < 0.6 else "black")
+            ax.set_xticks(range(len(g["columns"])))
+            ax.set_xticklabels([str(x) for x in g["columns"]], fontsize=7)
+            ax.set_yticks(range(len(g["streams"])))
+            ax.set_yticklabels(g["streams"], fontsize=7)
+            ax.set_title(f"{family} ({label})", fontsize=8)
+            ax.set_xlabel("column", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_iteration_patching(result, title: str | None = None):
+    """Plotly heatmap of ``patch_iterations``: the clean state after iteration i at position p patched into the run
+    where the carry chain was removed; 1 = the clean answer digit restored at the slot where the chain ends."""
+    import plotly.graph_objects as go
+
+    title = title or (f"Patching across iterations: chain of {result.k} removed, read at answer column "
+                      f"{result.column}")
+    fig = go.Figure(go.Heatmap(z=result.values, x=[_short(l) for l in result.labels], y=result.iterations,
+                               zmid=0, colorscale="RdBu", zmin=-1, zmax=1, colorbar=dict(title="restored")))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=300, width=1000, title=title)
+    return fig
+
+
+def save_iteration_patching_png(results: Sequence[Any], path: str | Path = FIGURES_DIR / "09_patching.png",
+                                title: str = "Patching across iterations (1 = the clean digit restored)") -> Path:
+    """Matplotlib PNG: one ``plot_iteration_patching`` panel per result (e.g. one per chain length)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 1.2 + 1.5 * len(results)), dpi=110, layout="constrained")
+    axes = fig.subplots(len(results), 1, squeeze=False)[:, 0]
+    for ax, result in zip(axes, results):
+        image = ax.imshow(result.values, vmin=-1, vmax=1, cmap="RdBu", aspect="auto")
+        ax.set_yticks(range(len(result.iterations)))
+        ax.set_yticklabels(result.iterations, fontsize=7)
+        ax.set_xticks(range(len(result.labels)))
+        ax.set_xticklabels([_short(l) for l in result.labels], rotation=60, fontsize=6)
+        ax.set_title(f"chain of {result.k} removed; read at answer column {result.column}", fontsize=8)
+    fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_past_loops(curves: Mapping[str, Sequence[float]], trained: int, drift: Mapping[str, Sequence[float]] | None = None,
+                    title: str = "Running past the trained number of iterations"):
+    """Plotly: exact match after 1, 2, ... iterations per test set (a dashed line at the trained count) and, with
+    ``drift``, the relative change of the state per iteration (a fixed point would go to 0) and, when ``drift`` has
+    it (``state_drift``'s ``change``), the change itself on a second axis (a growing norm alone also shrinks the
+    relative change)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cols = 2 if drift else 1
+    absolute = bool(drift and drift.get("change"))
+    specs = [[{}, {"secondary_y": absolute}]] if drift else [[{}]]
+    fig = make_subplots(rows=1, cols=cols, specs=specs,
+                        subplot_titles=["exact match", "change of the state per iteration"][:cols])
+    for i, (name, values) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=list(values), mode="lines+markers", name=name,
+                                 line=dict(color=_color(name, i))), row=1, col=1)
+    fig.add_vline(x=trained, line_dash="dash", line_color="grey", row=1, col=1)
+    if drift:
+        change = list(drift["relative_change"])
+        fig.add_trace(go.Scatter(x=list(range(1, len(change) + 1)), y=change, mode="lines+markers",
+                                 name="|h_i - h_(i-1)| / |h_i|", line=dict(color="#333333")), row=1, col=2)
+        if absolute:
+            moved = list(drift["change"])
+            fig.add_trace(go.Scatter(x=list(range(1, len(moved) + 1)), y=moved, mode="lines+markers",
+                                     name="|h_i - h_(i-1)|", line=dict(color="#d62728", dash="dot")),
+                          row=1, col=2, secondary_y=True)
+        fig.add_vline(x=trained, line_dash="dash", line_color="grey", row=1, col=2)
+    fig.update_xaxes(title_text="iterations")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1)
+    fig.update_layout(height=400, width=1000, title=title)
+    return fig
+
+
+def save_past_loops_png(curves: Mapping[str, Sequence[float]], trained: int,
+                        drift: Mapping[str, Sequence[float]] | None = None,
+                        path: str | Path = FIGURES_DIR / "09_past_loops.png",
+                        title: str = "Running past the trained number of iterations") -> Path:
+    """Matplotlib PNG of ``plot_past_loops``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.6), dpi=110, layout="constrained")
+    axes = fig.subplots(1, 2 if drift else 1, squeeze=False)[0]
+    for i, (name, values) in enumerate(curves.items()):
+        axes[0].plot(range(1, len(values) + 1), values, "-o", ms=3, color=_color(name, i), label=name)
+    axes[0].axvline(trained, ls="--", color="grey", lw=1)
+    axes[0].set_ylim(0, 1.02)
+    axes[0].set_xlabel("iterations")
+    axes[0].set_ylabel("exact match")
+    axes[0].legend(fontsize=7, ncol=2)
+    if drift:
+        change = list(drift["relative_change"])
+        axes[1].plot(range(1, len(change) + 1), change, "-o", ms=3, color="#333333")
+        axes[1].axvline(trained, ls="--", color="grey", lw=1)
+        axes[1].set_ylim(bottom=0)
+        axes[1].set_xlabel("iterations")
+        axes[1].set_ylabel("|h_i - h_(i-1)| / |h_i| at the slots")
+        if drift.get("change"):
+            moved = list(drift["change"])
+            twin = axes[1].twinx()
+            twin.plot(range(1, len(moved) + 1), moved, ":o", ms=3, color="#d62728")
+            twin.set_ylim(bottom=0)
+            twin.set_ylabel("|h_i - h_(i-1)| (dotted)", color="#d62728")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

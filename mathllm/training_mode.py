@@ -220,6 +220,11 @@ class TrainingMode:
         answer's tokens count (after ``</think>``, never ``<pause>``). ``completions`` are the model's own."""
         return self.training_texts(texts), False
 
+    def token_accuracy(self, model, texts: Sequence[str], batch_size: int = 64) -> Optional[float]:
+        """Token accuracy measured the mode's own way, or None (the default): the evaluator's teacher-forced
+        next-token accuracy on ``scoring_texts``. (The answer-slots mode scores each slot on its own token.)"""
+        return None
+
 
 def answer_only_text(text: str) -> str:
     """``12+34=46<end>``: a line with its think block removed."""

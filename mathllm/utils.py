@@ -1,7 +1,7 @@
 """Small shared helpers: reproducibility, atomic writes, the smoke switch, devices.
 
-    >>> smoke_mode()          # True when MATHLLM_SMOKE=1 (set by scripts/test.sh for nbval)
-    False
+    >>> resolve_device("cpu")      # "auto" picks CUDA when there is one
+    device(type='cpu')
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ class Playground:
         self.result = widgets.HTML(value="")
         self.error = widgets.HTML(value="")
         self.plot = widgets.HTML(value="")
+        self.selector = None  # made before the model's line, which names the checkpoint chosen in it
+        if self.checkpoints:
+            self.selector = widgets.Dropdown(options=list(self.checkpoints), value=selected or next(iter(self.checkpoints)),
+                                             description="Model:", layout=widgets.Layout(width="320px"))
+            self.selector.add_class("mathllm-checkpoint")
         self.model_info = widgets.HTML(value=self._info())
         self.expression.add_class("mathllm-expression")
         self.run_button.add_class("mathllm-run")
@@ -96,11 +101,7 @@ class Playground:
         self.run_button.on_click(lambda _: self.run())
         self.expression.observe(self._on_submit, names="value")
         rows = [widgets.HBox([self.expression, self.run_button])]
-        self.selector = None
-        if self.checkpoints:
-            self.selector = widgets.Dropdown(options=list(self.checkpoints), value=selected or next(iter(self.checkpoints)),
-                                             description="Model:", layout=widgets.Layout(width="320px"))
-            self.selector.add_class("mathllm-checkpoint")
+        if self.selector is not None:
             self.selector.observe(self._on_select, names="value")
             rows.insert(0, self.selector)
         self.widget = widgets.VBox([*rows, self.model_info, self.temperature, self.error, self.result, self.plot])
@@ -127,8 +128,9 @@ class Playground:
             return
         self.model = self._load(name)
         self.expression.placeholder = f"e.g. {self._example()}"
-        self.model_info.value = self._info()
         self.result.value = self.error.value = self.plot.value = ""
+        # Last: once the page shows the new checkpoint's name, the switch is complete (the browser test waits on it).
+        self.model_info.value = self._info()
 
     def _on_select(self, change) -> None:
         self.select(change["new"])

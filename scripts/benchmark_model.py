@@ -10,7 +10,9 @@
 3. generation: examples/s for 2-digit, 2-3 operand addition prompts with ``mathllm.generate``, forced
    to ``--max-new-tokens`` and to the mean chain-of-thought length (a random model never says <end>);
 4. the same with ``drafts=`` set to the right completions (one verifying pass, as for a model that is
-   always right).
+   always right);
+5. with ``--loops L``: the same model looped L times (shared weights, input re-added every iteration): its
+   training step and its forward pass as a ratio to the one-pass model's (the goal: about L x, no more).
 
 Training and bridge timings alternate and each keeps its best repeat, so a machine shared with
 other work biases both alike. Model FLOPs per token: 6*N (N = parameters outside the embedding and
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=None, help="generate(workers=...); default torch's thread count")
     ap.add_argument("--max-new-tokens", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--loops", type=int, default=None,
+                    help="also time the model looped this many times against one pass, and print the ratio")
+    ap.add_argument("--only-loops", action="store_true", help="with --loops: time only the looped comparison")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: time.process_time, steadier on a shared machine; with --threads 1 and "
                          "--workers 1 it equals wall time on an idle one")
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fp32 2048x2048 matmul: {peak / 1e9:.1f} GFLOP/s")
 
     batch = torch.randint(0, VOCAB_SIZE, (B, T))
+    if args.loops:
+        loop_ratio(model, batch, args.loops, args.steps, args.repeats)
+        if args.only_loops:
+            return
     ours_step = train_step_fn(model, batch)
     bridge_step = None
     if not args.skip_bridge:
@@ -196,6 +205,36 @@ def main(argv: list[str] | None = None) -> None:
     seconds, _ = timed(max_new_tokens=round(mean_completion), drafts=outputs)
     print(f"[4] the same {round(mean_completion)} tokens with drafts=<the right completions> (what an evaluator "
           f"can pass as references when the model is right): {len(prompts) / seconds:,.0f} examples/s ({seconds:.2f} s)")
+
+
+def loop_ratio(model, batch: torch.Tensor, loops: int, steps: int, repeats: int) -> tuple[float, float]:
+    """Time a training step and a forward pass at one pass and at ``loops`` iterations (alternating, best of
+    ``repeats``); print and return the two ratios (looped / one pass)."""
+    if loops < 1:
+        raise SystemExit(f"--loops must be >= 1, got {loops}")
+    step = train_step_fn(model, batch)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(batch)
+
+    best = {(kind, n): float("inf") for kind in ("train", "forward") for n in (1, loops)}
+    for n in (1, loops):  # warm-up
+        with model.looping(n):
+            step(), forward()
+    for _ in range(repeats):
+        for n in (1, loops):
+            with model.looping(n):
+                best["train", n] = min(best["train", n], time_steps(step, steps))
+                best["forward", n] = min(best["forward", n], time_steps(forward, steps))
+    train_ratio = best["train", loops] / best["train", 1]
+    forward_ratio = best["forward", loops] / best["forward", 1]
+    B, T = batch.shape
+    print(f"\n[5] looped x{loops} vs one pass, batch {B} x {T}: training step {best['train', 1] * 1e3:.1f} -> "
+          f"{best['train', loops] * 1e3:.1f} ms = {train_ratio:.2f}x; forward {best['forward', 1] * 1e3:.1f} -> "
+          f"{best['forward', loops] * 1e3:.1f} ms = {forward_ratio:.2f}x (goal: about {loops}x, no more; the "
+          f"embedding, unembedding and optimizer step are shared, so a little under {loops}x is expected)")
+    return train_ratio, forward_ratio
 
 
 if __name__ == "__main__":

@@ -52,9 +52,16 @@ def main(argv=None) -> int:
                    help="write one JSON line per problem here: prompt, the model's raw completion, its parsed answer, "
                         "the expected answer, correct, stratum")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--loops", type=positive_int, default=None,
+                   help="loop iterations of a looped model (default: the trained count; more or fewer is allowed)")
+    p.add_argument("--carry-chains", type=positive_int, nargs="?", const=300, default=None, metavar="PER_K",
+                   help="instead of a data file: a uniform set and PER_K problems (default 300) for each carry-chain "
+                        "length k = 0..max digits, reported per k (mathllm.depth.evaluate_chains)")
     args = p.parse_args(argv)
 
-    trained = load(args.checkpoint, model_size=args.model_size, device=args.device)
+    trained = load(args.checkpoint, model_size=args.model_size, device=args.device, loops=args.loops)
+    if args.carry_chains:
+        return carry_chain_report(trained, args)
     n_ctx = trained.model.cfg.n_ctx
     if args.max_length is not None and args.max_length != n_ctx:
         print(f"note: --max-length {args.max_length} differs from the checkpoint's context {n_ctx}; using {n_ctx}",
@@ -79,6 +86,22 @@ def main(argv=None) -> int:
         print(f"\nwrote {args.output_file}")
     if args.predictions_file:
         print(f"wrote {len(records)} predictions to {args.predictions_file}")
+    return 0
+
+
+def carry_chain_report(trained, args) -> int:
+    """``--carry-chains``: accuracy on the uniform set and per carry-chain length, for the checkpoint's digits."""
+    from mathllm.depth import evaluate_chains, format_chains
+
+    max_digits = trained.data_arguments.get("max_digits")
+    if not max_digits:
+        raise ValueError(f"{args.checkpoint}: its run does not record the data's max_digits, which --carry-chains needs")
+    results = evaluate_chains(trained, int(max_digits), per_k=args.carry_chains, batch_size=args.batch_size)
+    results["checkpoint"] = str(args.checkpoint)
+    print(format_chains(results))
+    if args.output_file:
+        save_results(results, args.output_file)
+        print(f"\nwrote {args.output_file}")
     return 0
 
 

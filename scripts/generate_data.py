@@ -25,7 +25,7 @@ from mathllm.data import FORMATS, OPERATION_NAMES, generate_dataset, parse_opera
 from mathllm.train import read_config_file
 
 DEFAULTS = dict(num_examples=100_000, max_digits=2, max_operands=2, seed=42, output_dir="data", train_ratio=0.8,
-                val_ratio=0.1, test_ratio=0.1, fmt="cot", whole_strata_below=0, operation="add")
+                val_ratio=0.1, test_ratio=0.1, fmt="cot", whole_strata_below=0, operation="add", min_digits=1)
 
 
 def operations(text: str) -> str:
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distinct problems to generate, all splits together (default: 100000)")
     p.add_argument("--max-digits", type=int,
                    help="each operand has 1..max-digits digits, lengths balanced (default: 2)")
+    p.add_argument("--min-digits", type=int,
+                   help="each operand has at least this many digits (default: 1; --min-digits 3 --max-digits 3: "
+                        "3-digit operands only)")
     p.add_argument("--max-operands", type=int,
                    help="each problem has 2..max-operands operands, counts balanced (default: 2)")
     p.add_argument("--seed", type=int, help="same seed and flags give identical files (default: 42)")

@@ -70,9 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=non_negative_float, default=0.1, help="0 = greedy (default: 0.1)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: up to the context length")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--loops", type=positive_int, default=None,
+                   help="loop iterations of a looped model (default: the trained count; more or fewer is allowed)")
     args = p.parse_args(argv)
 
-    trained = load(args.checkpoint, model_size=args.model_size, device=args.device)
+    trained = load(args.checkpoint, model_size=args.model_size, device=args.device, loops=args.loops)
     return repl(trained, args.temperature, args.max_new_tokens, use_colour=sys.stdout.isatty())
 
 

@@ -47,7 +47,7 @@ if "$PY" -c "import torch" 2>/dev/null; then
     log "keeping the installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     log "NVIDIA GPU found: installing torch (CUDA build) from pip's index"
-    "$PY" -m pip install --quiet "torch>=2.4"
+    "$PY" -m pip install --quiet "torch>=2.6"
 else
     log "no torch and no GPU: installing the CPU build of torch"
     # a local CPU wheel (pip's --find-links), if this machine has one; then its dependencies as usual

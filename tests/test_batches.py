@@ -146,3 +146,32 @@ def test_prompt_weight_adds_the_weighted_mean_loss_of_the_prompt_targets():
     expected = per_token[5:].mean() + 0.25 * per_token[:5].mean()
     torch.testing.assert_close(completion_loss(logits, ids, mask, prompt_weight=0.25), expected)
     torch.testing.assert_close(completion_loss(logits, ids, mask, prompt_weight=0.0), per_token[5:].mean())
+
+
+def epoch_shares(data: LengthGroupedData) -> dict[tuple[int, ...], float]:
+    """Share of an epoch's rows per stratum, from the repeats."""
+    from mathllm.batches import stratum
+
+    counts: dict[tuple[int, ...], int] = {}
+    for length, ids in data.groups.items():
+        repeats = data.repeats[length] if data.repeats is not None else torch.ones(len(ids), dtype=torch.long)
+        for row, r in zip(ids, repeats.tolist()):
+            key = stratum(TOKENIZER.decode(row))
+            counts[key] = counts.get(key, 0) + r
+    total = sum(counts.values())
+    return {k: v / total for k, v in counts.items()}
+
+
+def test_stratum_min_share_lifts_rare_strata_and_keeps_the_rest():
+    from mathllm.data import generate_dataset
+
+    texts = generate_dataset(num_examples=6000, max_digits=2, max_operands=3, seed=1)["train"].texts
+    plain = epoch_shares(LengthGroupedData.from_texts(texts, 64))
+    lifted = epoch_shares(LengthGroupedData.from_texts(texts, 64, stratum_min_share=0.05))
+    assert plain[(1, 1)] < 0.02 and lifted[(1, 1)] >= 0.04  # the 80 one-digit pairs are seen enough
+    big = max(plain, key=plain.get)
+    assert lifted[big] > 0.5 * plain[big]  # the large strata keep most of their share
+    both = LengthGroupedData.from_texts(texts, 64, operand_balance=0.5, stratum_min_share=0.05)
+    assert min(epoch_shares(both).values()) >= 0.04
+    with pytest.raises(ValueError, match="stratum_min_share"):
+        LengthGroupedData.from_texts(texts, 64, stratum_min_share=1.5)

@@ -27,7 +27,7 @@ def test_every_config_field_and_every_mode_setting_is_a_flag_once():
     dests = [a.dest for a in parser._actions]
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "mode_settings"]
     settings = {s for cls in available_modes().values() for s in cls.setting_names()}
-    assert set(fields) | settings | {"config", "overwrite", "use_gumbel", "help"} == set(dests)
+    assert set(fields) | settings | {"config", "overwrite", "use_gumbel", "answer_slots", "help"} == set(dests)
     assert len(dests) == len(set(dests))  # think_tokens (pause and gumbel) is one flag
     help_text = parser.format_help()
     assert "--no-wandb" in help_text and "--fp16" in help_text and "--think-tokens" in help_text

@@ -1,6 +1,5 @@
 """Plots of mathllm.plots, interpretability section: every figure builds and every PNG is written."""
 
-import pytest
 
 from mathllm import plots
 from mathllm.interp import (attention_patterns, cache_activations, carry_flip_pairs, digit_change_pairs, fit_probes,

@@ -56,3 +56,27 @@ def test_shipped_free_thinker_records_its_mode_and_writes_its_own_trace():
     results = evaluate_examples(trained, test, batch_size=200)
     recorded = json.loads((FREE_THINKER / "test_results.json").read_text())["exact_match"]
     assert abs(results["exact_match"] - recorded) < 0.1  # 200 of the same test split vs all 10,000
+
+
+CHECKPOINTS = SHIPPED_CHECKPOINT.parent
+
+
+@pytest.mark.parametrize("name, mode, operation, problems, bar", [
+    ("sub3_cot", "teacher", "sub", 300, 0.98),       # test_results.json: 99.66 %
+    ("mul3_cot", "teacher", "mul", 100, 0.85),       # 95.0 %
+    ("looped_add4", "answer-slots", "add", 500, 0.99),  # 99.96 %
+])
+def test_every_shipped_checkpoint_loads_with_its_record_and_is_accurate_on_its_own_test_split(name, mode, operation,
+                                                                                                problems, bar):
+    path = CHECKPOINTS / name
+    for part in ("model.safetensors", "config.json", "training_config.json", "test_results.json", "logs/metrics.jsonl"):
+        assert (path / part).is_file(), f"{name}/{part}"
+    trained = load(path, device="cpu")
+    assert trained.mode.name == mode
+    data = dataset_for_checkpoint(path)  # regenerated from the record: same seed, same problems
+    assert data.meta["arguments"].get("operation", "add") == operation
+    test = list(data["test"])[:problems]
+    results = evaluate_examples(trained, test, batch_size=100)
+    recorded = json.loads((path / "test_results.json").read_text())["exact_match"]
+    assert results["exact_match"] >= bar, results["failures"][:3]
+    assert abs(results["exact_match"] - recorded) < 0.08

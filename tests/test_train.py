@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from mathllm.checkpoints import find_checkpoints, load_model, read_metrics
-from mathllm.train import (TrainConfig, Trainer, check_resumable, config_from_file, is_teacher_step, lr_lambda_for,
+from mathllm.train import (TrainConfig, Trainer, config_from_file, is_teacher_step, lr_lambda_for,
                            read_config_file, teacher_fraction, train)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ TEXTS = [TEXT, "12+34=<think>2+4=6 1+3=4</think>46<end>", "3+5=8<end>", "1+2+3=<
 
 def test_every_mode_is_registered_under_its_own_name():
     modes = available_modes()
-    assert set(modes) == {"teacher", "answer-only", "pause", "gumbel", "internalize"}
+    assert set(modes) == {"teacher", "answer-only", "pause", "gumbel", "internalize", "answer-slots"}
     for name, cls in modes.items():
         assert cls.name == name and issubclass(cls, TrainingMode) and mode_class(name) is cls
         assert get_mode(name).name == name and get_mode(name).to_dict()["mode"] == name
@@ -32,7 +32,7 @@ def test_every_mode_is_registered_under_its_own_name():
 
 
 def test_unknown_modes_and_settings_are_errors_that_list_the_known_ones():
-    with pytest.raises(ValueError, match="unknown mode 'bogus'; choose one of answer-only, gumbel, internalize"):
+    with pytest.raises(ValueError, match="unknown mode 'bogus'; choose one of answer-only, answer-slots, gumbel, internalize"):
         get_mode("bogus")
     with pytest.raises(ValueError, match="unknown mode 'gumbal'"):
         mode_class("gumbal")

@@ -55,12 +55,28 @@ def test_the_checkpoint_menu_switches_models(tmp_path):
     menu = {"add3": _run_directory(tmp_path / "add3", "add"), "mul3": _run_directory(tmp_path / "mul3", "mul")}
     pg = Playground(checkpoints=menu)
     assert pg.selector.options == ("add3", "mul3") and pg.selector.value == "add3"
-    assert "mathllm-checkpoint" in pg.selector._dom_classes and "addition" in pg.model_info.value
+    assert "mathllm-checkpoint" in pg.selector._dom_classes and "mathllm-model-info" in pg.model_info._dom_classes
+    assert pg.model_info.value.startswith("<div") and "<b>add3</b>: addition" in pg.model_info.value  # named at once
     assert pg.expression.placeholder == "e.g. 658+189="
     assert pg.run("12*34") is None and "does not do multiplication" in pg.error.value
     pg.selector.value = "mul3"  # as if chosen in the menu
-    assert "multiplication" in pg.model_info.value and pg.expression.placeholder == "e.g. 123*45="
+    assert "<b>mul3</b>: multiplication" in pg.model_info.value and pg.expression.placeholder == "e.g. 123*45="
     assert pg.error.value == "" and pg.run("12*34") is not None  # an untrained model: any answer, but it runs
     assert pg.run("12+34") is None and "does not do addition" in pg.error.value
     pg.select("add3")
     assert pg.selector.value == "add3" and pg.model is pg._loaded["add3"]  # loaded once, kept
+
+
+def test_choosing_a_checkpoint_clears_the_old_output_before_naming_the_new_one(tmp_path):
+    # The page learns of the switch in the order the kernel makes the changes: the browser test waits until the
+    # model's line names the new checkpoint, and then the old result must already be gone.
+    menu = {"add3": _run_directory(tmp_path / "add3", "add"), "sub3": _run_directory(tmp_path / "sub3", "sub")}
+    pg = Playground(checkpoints=menu, selected="add3")
+    pg.run("658-189")
+    assert "does not do subtraction" in pg.error.value
+    changes = []
+    for widget in (pg.model_info, pg.result, pg.error, pg.plot):
+        widget.observe(lambda change, w=widget: changes.append(w), names="value")
+    pg.selector.value = "sub3"
+    assert changes and changes[-1] is pg.model_info and "<b>sub3</b>" in pg.model_info.value
+    assert pg.error.value == pg.result.value == pg.plot.value == ""

@@ -12,6 +12,8 @@ behind one interface (``mathllm.training_mode.TrainingMode``)::
     gumbel         ``12+34=<think>z1 ... zK</think>46<end>``: the model samples z1..zK itself   answer
     internalize    ``12+34=<think>`` + the trace minus its first n tokens + ``</think>46<end>``,   rest of trace + answer
                    n growing with the step until no trace is left
+    answer-slots   ``0012+0034=<pause>x6``: every answer digit (and ``<end>``) read at once from   answer, at the slots
+                   its own slot, nothing fed back; operands optionally zero-padded
     =============  ===========================================================================  =====================
 
 (``<end>`` is part of the answer.) A mode is found by name, ``get_mode("gumbel", think_tokens="8")``; each is
@@ -23,7 +25,8 @@ from mathllm.modes.answer_only import AnswerOnly
 from mathllm.modes.gumbel import Gumbel
 from mathllm.modes.internalize import Internalize
 from mathllm.modes.pause import Pause
+from mathllm.modes.slots import AnswerSlots
 from mathllm.modes.teacher import Teacher
 from mathllm.training_mode import TrainingMode, available_modes, get_mode
 
-__all__ = ["AnswerOnly", "Gumbel", "Internalize", "Pause", "Teacher", "TrainingMode", "available_modes", "get_mode"]
+__all__ = ["AnswerOnly", "AnswerSlots", "Gumbel", "Internalize", "Pause", "Teacher", "TrainingMode", "available_modes", "get_mode"]

@@ -511,6 +511,8 @@ EXPRESSION_INPUT = f"{NOTEBOOK} .mathllm-expression input"
 RUN_BUTTON = f"{NOTEBOOK} button.mathllm-run, {NOTEBOOK} .mathllm-run button"
 RESULT = f"{NOTEBOOK} .mathllm-result"
 ERROR = f"{NOTEBOOK} .mathllm-error"
+CHECKPOINT_MENU = f"{NOTEBOOK} .mathllm-checkpoint select"
+MODEL_INFO = f"{NOTEBOOK} .mathllm-model-info"
 
 
 def submit_expression(page: Any, expression: str, how: str = "click") -> None:
@@ -536,6 +538,35 @@ def submit_and_wait(page: Any, expression: str, selector: str, before: str, how:
     except AssertionError:
         submit_expression(page, expression, how=how)
         return wait_for_new_text(page, selector, before)
+
+
+def choose_checkpoint(page: Any, name: str, timeout_s: float = 120.0) -> str:
+    """Choose ``name`` in the playground's checkpoint menu and wait until the kernel has switched to it: the
+    model's line (``.mathllm-model-info``) then starts with ``name:``; return that line.
+
+    The widget writes that line last, after clearing the old result and error (mathllm/widgets.py), so once it
+    names the new checkpoint the next run uses the new model. If the page shows the choice but the kernel has not
+    answered after a while (a change event lost under load), the menu's change event is sent once more.
+    """
+    menu = page.locator(CHECKPOINT_MENU).first
+    menu.wait_for(state="visible", timeout=30_000)
+    labels = [o.strip() for o in menu.locator("option").all_inner_texts()]
+    assert name in labels, f"no {name!r} in the checkpoint menu; it has {labels}"
+    menu.select_option(label=name)
+    pattern = re.compile(rf"^{re.escape(name)}:")
+    deadline = time.monotonic() + timeout_s
+    resent = False
+    text = ""
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        text = widget_text(page, MODEL_INFO)
+        if pattern.match(text):
+            return text
+        if not resent and time.monotonic() - start > min(30.0, timeout_s / 2):
+            menu.dispatch_event("change")
+            resent = True
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the playground did not switch to {name!r} within {timeout_s:.0f} s; its model line: {text!r}")
 
 
 def widget_text(page: Any, selector: str) -> str:
