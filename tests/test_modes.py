@@ -518,3 +518,35 @@ def test_benchmark_script_prints_the_ratios(capsys):
                       "--steps", "1", "--repeats", "1", "--warmup", "1", "--device", "cpu") == 0
     out = capsys.readouterr().out
     assert "x teacher" in out and "gumbel" in out and "uncached" in out and "peak MiB" in out
+
+
+def _conditional_entropy(pairs) -> float:
+    """H(Y | X) in bits, the plug-in estimate over a list of (x, y)."""
+    import collections
+    import math
+
+    by_x = collections.defaultdict(collections.Counter)
+    for x, y in pairs:
+        by_x[x][y] += 1
+    n = len(pairs)
+    return sum(sum(c.values()) / n * -sum(v / sum(c.values()) * math.log2(v / sum(c.values())) for v in c.values())
+               for c in by_x.values())
+
+
+def test_the_shape_budget_tells_nothing_about_the_carries_while_the_trace_length_told_almost_everything():
+    """The leak issue 16 found: on 4-digit two-operand problems the human trace's length leaves almost no
+    uncertainty about the number of carries (README: 1.93 -> 0.001 bits on data/add4_cot's test split); the
+    'shape' budget leaves all of it."""
+    from mathllm.data import generate_dataset
+    from mathllm.text import split_text
+    from mathllm.tokenizer import TOKENIZER
+
+    rows = list(generate_dataset(num_examples=4_000, max_digits=4, seed=3)["train"])
+    shape = [tuple(len(str(x)) for x in r["operands"]) for r in rows]
+    carries = [r["num_carries"] for r in rows]
+    trace_length = [len(TOKENIZER.tokenize(split_text(r["text"]).think or "")) for r in rows]
+    budget = [think_budget(r["prompt"], "shape") for r in rows]
+    prior = _conditional_entropy(list(zip(shape, carries)))
+    assert prior > 1.5
+    assert _conditional_entropy(list(zip(zip(shape, budget), carries))) == pytest.approx(prior)
+    assert _conditional_entropy(list(zip(zip(shape, trace_length), carries))) < 0.05

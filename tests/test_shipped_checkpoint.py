@@ -36,7 +36,6 @@ def test_shipped_checkpoint_is_accurate_on_a_fixed_test_set():
 FREE_THINKER = SHIPPED_CHECKPOINT.parent / "free_gumbel_add4"
 
 
-@pytest.mark.skip(reason="free_gumbel_add4 is retrained with the 'shape' budget (issue 16)")
 def test_shipped_free_thinker_records_its_mode_and_writes_its_own_trace():
     """Notebook 08's gumbel model: its mode is recorded, and it writes K think tokens of its alphabet itself,
     K the think budget of the prompt's shape (never the human trace's length, which tells the carries)."""
