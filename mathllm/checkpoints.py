@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -410,6 +411,24 @@ def read_metrics(output_dir: Union[str, Path], log: Optional[logging.Logger] = N
     return out
 
 
+def seconds_per_step(history: list[dict[str, Any]], second_half: bool = False) -> Optional[float]:
+    """Median of the logged windows' seconds per step (``read_metrics``; validation and checkpoints excluded),
+    after the first window (warm-up); ``second_half``: over the windows of the second half of training only
+    (steady state: on CUDA a gumbel run captures one CUDA graph per batch shape during its first epoch or two).
+
+    >>> seconds_per_step([{"step": 100, "step_seconds": 0.9}, {"step": 200, "step_seconds": 0.25},
+    ...                   {"step": 300, "step_seconds": 0.5}, {"step": 300, "val_exact_match": 1.0}])
+    0.375
+    """
+    windows = [(m["step"], m["step_seconds"]) for m in history if "step_seconds" in m]
+    if second_half and windows:
+        last = windows[-1][0]
+        windows = [w for w in windows if w[0] > last / 2]
+    elif len(windows) > 1:
+        windows = windows[1:]
+    return statistics.median(w[1] for w in windows) if windows else None
+
+
 def write_metrics(output_dir: Union[str, Path], metrics: list[dict[str, Any]]) -> None:
     atomic_write_bytes(Path(output_dir) / METRICS, "".join(json.dumps(m) + "\n" for m in metrics).encode())
 
@@ -494,4 +513,5 @@ def dataset_for_checkpoint(checkpoint: Union[str, Path]):
 __all__ = ["CheckpointError", "ResumeState", "TrainedModel", "clean_leftovers", "dataset_for_checkpoint",
            "find_checkpoints", "is_run_directory", "load", "load_model", "mode_metadata", "newest_readable_checkpoint",
            "read_checkpoint", "read_metadata", "read_metrics", "remove_run", "restore", "save_checkpoint", "save_model",
+           "seconds_per_step",
            "training_record", "write_metrics", "append_metrics"]

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from mathllm.chains import uniform_dataset, write_examples
-from mathllm.checkpoints import load, read_metrics
+from mathllm.checkpoints import load, read_metrics, seconds_per_step
 from mathllm.cli import run_cli
 from mathllm.depth import evaluate_chains, format_chains, iteration_curves
 from mathllm.interp.iterations import chain_problem_sets, fit_steps, iteration_lens
@@ -194,11 +194,6 @@ def table(runs: list[dict[str, Any]]) -> dict[str, Any]:
         row["train_steps"] = next((r["config"]["max_steps"] for r in done), None)
         out[name] = row
     return out
-
-
-def seconds_per_step(history: list[dict[str, Any]]) -> float | None:
-    values = [m["step_seconds"] for m in history if "step_seconds" in m][1:]
-    return statistics.median(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:

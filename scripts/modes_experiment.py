@@ -38,7 +38,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from mathllm.checkpoints import load, read_metrics
+from mathllm.checkpoints import load, read_metrics, seconds_per_step
 from mathllm.cli import run_cli, training_parser
 from mathllm.data import load_split
 from mathllm.free_thinking import collect_think_traces, think_label_information, token_statistics
@@ -82,19 +82,6 @@ def _coerce(hint, text: str):
     if base is bool:
         return text.lower() in ("1", "true", "yes", "on")
     return base(text)
-
-
-def seconds_per_step(history: list[dict[str, Any]], second_half: bool = False) -> float | None:
-    """Median of the logged windows' seconds per step (validation and checkpoints excluded), after the first
-    window (warm-up); ``second_half``: over the windows of the second half of training only (steady state: on
-    CUDA a gumbel run captures one CUDA graph per batch shape during its first epoch or two)."""
-    windows = [(m["step"], m["step_seconds"]) for m in history if "step_seconds" in m]
-    if second_half and windows:
-        last = windows[-1][0]
-        windows = [w for w in windows if w[0] > last / 2]
-    elif len(windows) > 1:
-        windows = windows[1:]
-    return statistics.median(w[1] for w in windows) if windows else None
 
 
 def analyse_think(output_dir: Path, data_dir: str, n: int, device: str) -> dict[str, Any]:
