@@ -132,10 +132,12 @@ def count_carries(operands: Sequence[int]) -> int:
 def carry_chain_length(operands: Sequence[int]) -> int:
     """The longest run of consecutive columns that each carry out (a carry that ripples through k columns):
     ``carry_chain_length([4999, 5001]) == 4``, ``carry_chain_length([19, 91]) == 2``, 0 without carries."""
-    longest = run = 0
-    for c in addition_columns(operands):
-        run = run + 1 if c.carry_out else 0
+    values, longest, run, carry = check_operands(operands), 0, 0, 0
+    while any(values):  # column by column from the units, without building Columns (data generation calls this)
+        carry = (sum(x % 10 for x in values) + carry) // 10
+        run = run + 1 if carry else 0
         longest = max(longest, run)
+        values = [x // 10 for x in values]
     return longest
 
 

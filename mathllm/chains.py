@@ -30,6 +30,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from mathllm.arithmetic import carry_chain_length as carry_chain  # re-exported: the carry chain of a problem
 from mathllm.data import make_example
 from mathllm.text import parse_prompt, split_text
 from mathllm.utils import atomic_write_bytes, code_version
@@ -40,20 +41,6 @@ TEST_SEED = 1234  # the prototype's test seed: the same sets for every model
 # ----------------------------------------------------------------------------------------------
 # Chains
 # ----------------------------------------------------------------------------------------------
-
-def carry_chain(operands: Sequence[int]) -> int:
-    """The longest run of consecutive columns that carry, adding ``operands`` (any number of them)."""
-    values, carry, run, best = [int(x) for x in operands], 0, 0, 0
-    if any(x < 0 for x in values):
-        raise ValueError(f"carry chains are defined for non-negative operands, got {list(operands)}")
-    while any(values) or carry:
-        total = sum(x % 10 for x in values) + carry
-        carry = total // 10
-        run = run + 1 if carry else 0
-        best = max(best, run)
-        values = [x // 10 for x in values]
-    return best
-
 
 def _number(rng: random.Random, length: int) -> int:
     return rng.randrange(10) if length == 1 else rng.randrange(10 ** (length - 1), 10**length)
