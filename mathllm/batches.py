@@ -57,6 +57,8 @@ class LengthGroupedData:
     repeats: dict[Any, torch.Tensor] | None = None
     # digits[L][i]: the length of example i's longest operand, leading zeros not counted (a curriculum filters on it)
     digits: dict[Any, torch.Tensor] | None = None
+    # strata[L][i]: example i's stratum, the tuple of its operands' lengths (``stratum``; what --stratum-focus watches)
+    strata: dict[Any, list[tuple[int, ...]]] | None = None
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], max_length: int, source: str = "data",
@@ -92,7 +94,7 @@ class LengthGroupedData:
             masks[length] = completion_mask(ids, ignore_target_ids)
         return cls(groups, masks, len(texts),
                    example_repeats(labels_by_length, operand_balance, stratum_min_share, groups),
-                   _longest_operands(labels_by_length, groups))
+                   _longest_operands(labels_by_length, groups), _strata(labels_by_length, groups))
 
     @classmethod
     def from_rows(cls, rows: dict[Any, list[list[int]]], labels: dict[Any, list[tuple[int, tuple[int, ...]]]],
@@ -104,7 +106,7 @@ class LengthGroupedData:
         groups = {key: torch.tensor(rows[key], dtype=torch.long) for key in sorted(rows)}
         n = sum(len(r) for r in rows.values())
         return cls(groups, {}, n, example_repeats(labels, operand_balance, stratum_min_share, groups),
-                   _longest_operands(labels, groups))
+                   _longest_operands(labels, groups), _strata(labels, groups))
 
     def num_tokens(self) -> int:
         return sum(g.numel() for g in self.groups.values())
@@ -163,6 +165,16 @@ def _longest_operands(labels_by_key: dict[Any, list[tuple[int, tuple[int, ...]]]
     """Per group, each example's longest operand (from its stratum), for a curriculum over operand length."""
     return {key: torch.tensor([max(s) if s else 0 for _, s in labels_by_key[key]], dtype=torch.long)
             for key in groups}
+
+
+def _strata(labels_by_key: dict[Any, list[tuple[int, tuple[int, ...]]]],
+            groups: dict[Any, torch.Tensor]) -> dict[Any, list[tuple[int, ...]]]:
+    return {key: [s for _, s in labels_by_key[key]] for key in groups}
+
+
+def stratum_name(s: tuple[int, ...]) -> str:
+    """``stratum_name((2, 1)) == "2+1"``: the name the evaluation reports a stratum under."""
+    return "+".join(map(str, s))
 
 
 class BatchOrder:
@@ -225,6 +237,114 @@ class CurriculumOrder:
         return keys[g], rows[g][pick]
 
 
+class StratumFocus:
+    """``--stratum-focus F``: a share F of the batches goes to the strata the model currently gets most wrong.
+
+    Every ``--stratum-focus-every`` steps the trainer measures each stratum's loss (summed over an example's
+    completion, averaged over examples) on a fixed probe of up to ``probe`` of its training examples (``probe_batches``, then ``update``). After that, each step is, with
+    probability F (a pure function of the seed and the step), a *focus batch*: a stratum drawn in proportion to its
+    loss, then ``batch_size`` of its examples of one token length. It works on the worst group, as group DRO does
+    (Sagawa et al. 2020), by sampling instead of by reweighting the loss; unlike repeating rare strata by a fixed
+    factor (``stratum_min_share``), it lets go of a stratum once it is learned.
+
+        >>> data = LengthGroupedData.from_texts(["1+2=3<end>", "12+34=46<end>", "12+3=15<end>"], 16)
+        >>> focus = StratumFocus(data, share=1.0, batch_size=2, seed=0)
+        >>> focus.draw(0) is None                            # nothing measured yet: the epoch order's batch
+        True
+        >>> focus.update({(1, 1): 0.0, (2, 2): 0.0, (2, 1): 0.5})
+        >>> key, rows = focus.draw(0); [data.strata[key][int(i)] for i in rows]
+        [(2, 1), (2, 1)]
+    """
+
+    def __init__(self, data: LengthGroupedData, share: float, batch_size: int, seed: int, probe: int = 32):
+        if data.strata is None or not data.loss_masks:
+            raise ValueError("--stratum-focus needs whole lines with loss masks (the teacher and answer-only modes)")
+        if not 0 < share <= 1:
+            raise ValueError(f"--stratum-focus must be in (0, 1], got {share}")
+        self.data, self.share, self.batch_size, self.seed = data, share, batch_size, seed
+        # rows[s]: [(group key, row indices of stratum s in that group)]
+        rows: dict[tuple[int, ...], list[tuple[Any, torch.Tensor]]] = {}
+        for key, labels in data.strata.items():
+            by_stratum: dict[tuple[int, ...], list[int]] = {}
+            for i, s in enumerate(labels):
+                by_stratum.setdefault(s, []).append(i)
+            for s, idx in by_stratum.items():
+                rows.setdefault(s, []).append((key, torch.tensor(idx)))
+        self.rows = dict(sorted(rows.items()))
+        gen = torch.Generator().manual_seed(seed)
+        self.probe: dict[tuple[int, ...], list[tuple[Any, torch.Tensor]]] = {}
+        for s, parts in self.rows.items():  # a fixed sample of each stratum, spread over its lengths
+            flat = [(key, int(i)) for key, idx in parts for i in idx]
+            pick = torch.randperm(len(flat), generator=gen)[:probe].tolist()
+            chosen: dict[Any, list[int]] = {}
+            for j in sorted(pick):
+                chosen.setdefault(flat[j][0], []).append(flat[j][1])
+            self.probe[s] = [(key, torch.tensor(idx)) for key, idx in chosen.items()]
+        self.losses: dict[tuple[int, ...], float] | None = None
+
+    def probe_batches(self) -> list[tuple[tuple[int, ...], Any, torch.Tensor]]:
+        """``[(stratum, group key, rows)]``: the examples whose loss ``update`` wants, per stratum."""
+        return [(s, key, idx) for s, parts in self.probe.items() for key, idx in parts]
+
+    def update(self, losses: dict[tuple[int, ...], float]) -> None:
+        """Each stratum's loss on its probe (``Trainer.focus_step``: summed per example, averaged over examples)."""
+        unknown = set(losses) - set(self.rows)
+        if unknown:
+            raise ValueError(f"strata not in the training data: {sorted(unknown)}")
+        self.losses = {s: max(0.0, float(losses.get(s, 0.0))) for s in self.rows}
+
+    def shares(self) -> dict[tuple[int, ...], float]:
+        """The focus batches' share per stratum: proportional to its loss (equal when every loss is 0)."""
+        if self.losses is None:
+            return {}
+        total = sum(self.losses.values())
+        n = len(self.losses)
+        return {s: (v / total if total > 0 else 1 / n) for s, v in self.losses.items()}
+
+    def draw(self, step: int) -> tuple[Any, torch.Tensor] | None:
+        """The focus batch of ``step``, or None (the epoch order's batch) before the first measurement and on a
+        share 1 - F of the steps."""
+        if self.losses is None:
+            return None
+        gen = torch.Generator().manual_seed((self.seed * 2_147_483_647 + step * 104_729 + 17) % (2**63 - 1))
+        if float(torch.rand((), generator=gen)) >= self.share:
+            return None
+        strata = list(self.rows)
+        weights = torch.tensor([self.shares()[s] for s in strata], dtype=torch.float64)
+        s = strata[int(torch.multinomial(weights, 1, generator=gen))]
+        parts = self.rows[s]
+        sizes = torch.tensor([len(idx) for _, idx in parts], dtype=torch.float64)
+        key, idx = parts[int(torch.multinomial(sizes, 1, generator=gen))]
+        if len(idx) >= self.batch_size:
+            pick = torch.randperm(len(idx), generator=gen)[: self.batch_size]
+        else:  # fewer examples of this stratum and length than a batch: each at least once, then repeats
+            pick = torch.cat([torch.randperm(len(idx), generator=gen),
+                              torch.randint(len(idx), (self.batch_size - len(idx),), generator=gen)])
+        return key, idx[pick]
+
+    def state(self) -> dict[str, float] | None:
+        """What a resumed run needs (saved with every checkpoint): the last measured losses by stratum name."""
+        return None if self.losses is None else {stratum_name(s): v for s, v in self.losses.items()}
+
+    def load_state(self, state: dict[str, float] | None) -> None:
+        if state is None:
+            self.losses = None
+            return
+        by_name = {stratum_name(s): s for s in self.rows}
+        self.update({by_name[name]: v for name, v in state.items()})
+
+
+class FocusedOrder:
+    """The epoch order, with ``StratumFocus``'s batches in place of some of its batches."""
+
+    def __init__(self, base: BatchOrder, focus: StratumFocus):
+        self.base, self.focus, self.steps_per_epoch = base, focus, base.steps_per_epoch
+
+    def __getitem__(self, step: int) -> tuple[Any, torch.Tensor]:
+        drawn = self.focus.draw(step)
+        return drawn if drawn is not None else self.base[step]
+
+
 # ----------------------------------------------------------------------------------------------
 # Loss masks and the completion loss
 # ----------------------------------------------------------------------------------------------
@@ -268,6 +388,13 @@ def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Te
     return loss
 
 
-__all__ = ["BatchOrder", "CurriculumOrder", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
+def row_losses(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(summed cross-entropy, scored tokens)`` per row ``[b]``, over the completion targets (``loss_mask``)."""
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    mask = loss_mask.float()
+    return (losses.view_as(mask) * mask).sum(dim=1), mask.sum(dim=1)
+
+
+__all__ = ["BatchOrder", "CurriculumOrder", "FocusedOrder", "StratumFocus", "row_losses", "stratum_name", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
            "num_operands",
            "prompt_targets", "stratum"]

@@ -6,7 +6,7 @@ One section per topic, in notebook order; add a new section at the end rather th
     save_data_distributions_png(dataset)              # figures/01_data_distributions.png
 
 Sections: data (notebook 01), training (02), evaluation (03), playground (04), interpretability (05-07),
-reasoning without instructions (08), latent reasoning in depth (09).
+reasoning without instructions (08), latent reasoning in depth (09), which tasks need a trace (10).
 """
 
 from __future__ import annotations
@@ -1058,3 +1058,71 @@ def save_past_loops_png(curves: Mapping[str, Sequence[float]], trained: int,
             twin.set_ylabel("|h_i - h_(i-1)| (dotted)", color="#d62728")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which tasks need a trace (notebook 10)
+# ----------------------------------------------------------------------------------------------
+
+def trace_map_rows(summaries: Mapping[str, Mapping[str, Any]],
+                   modes: Sequence[str] = ("teacher", "answer-only")) -> list[dict[str, Any]]:
+    """One row per task of ``scripts/trace_map.sh``'s summaries (``{task: summary}``): steps, batch, and per mode
+    the test exact match of each seed, their mean and the smallest; ``gap`` = the smallest trace seed minus the
+    largest answer-only seed (> 0: every trace run beat every answer-only run)."""
+    rows = []
+    for task, summary in summaries.items():
+        by_name = _runs_by_name(summary)
+        row: dict[str, Any] = {"task": task, "steps": summary.get("max_steps"), "batch": summary.get("batch_size")}
+        for mode in modes:
+            scores = [r["test_exact_match"] for r in by_name.get(mode, []) if r.get("test_exact_match") is not None]
+            row[mode] = {"seeds": scores, "mean": float(np.mean(scores)) if scores else float("nan"),
+                         "min": min(scores) if scores else float("nan"), "max": max(scores) if scores else float("nan")}
+        row["gap"] = row[modes[0]]["min"] - row[modes[1]]["max"]
+        rows.append(row)
+    return rows
+
+
+def plot_trace_map(summaries: Mapping[str, Mapping[str, Any]], title: str = "Which tasks need a trace"):
+    """Plotly: per task, test exact match with the human trace and with the answer alone (bars = mean over
+    seeds, dots = seeds), the same model, steps and batch within a task."""
+    import plotly.graph_objects as go
+
+    rows = trace_map_rows(summaries)
+    tasks = [r["task"] for r in rows]
+    fig = go.Figure()
+    for i, (mode, label) in enumerate([("teacher", "with the trace"), ("answer-only", "answer only")]):
+        fig.add_trace(go.Bar(x=tasks, y=[r[mode]["mean"] for r in rows], name=label, marker_color=_color(mode, i),
+                             opacity=0.7, offsetgroup=mode))
+        xs = [t for r, t in zip(rows, tasks) for _ in r[mode]["seeds"]]
+        ys = [s for r in rows for s in r[mode]["seeds"]]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{label}: seeds", offsetgroup=mode,
+                                 marker=dict(color="#333333", size=6), showlegend=i == 0))
+    fig.update_layout(barmode="group", scattermode="group", height=420, width=900, title=title)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title_text="test exact match")
+    return fig
+
+
+def save_trace_map_png(summaries: Mapping[str, Mapping[str, Any]], path: str | Path = FIGURES_DIR / "10_trace_map.png",
+                       title: str = "Which tasks need a trace: the human trace vs the answer alone (dots = seeds)") -> Path:
+    """Matplotlib PNG of ``plot_trace_map``."""
+    from matplotlib.figure import Figure
+
+    rows = trace_map_rows(summaries)
+    fig = Figure(figsize=(9, 4), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    width = 0.38
+    for i, (mode, label) in enumerate([("teacher", "with the trace"), ("answer-only", "answer only")]):
+        xs = np.arange(len(rows)) + (i - 0.5) * width
+        ax.bar(xs, [r[mode]["mean"] for r in rows], width, color=_color(mode, i), alpha=0.7, label=label)
+        for x, r in zip(xs, rows):
+            ax.plot([x] * len(r[mode]["seeds"]), r[mode]["seeds"], "o", color="#333333", ms=4)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['task']}\n{r['steps']} x {r['batch']}" for r in rows], fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("test exact match")
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+__all__ = [*__all__, "trace_map_rows", "plot_trace_map", "save_trace_map_png"]

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from mathllm.batches import CurriculumOrder
+from mathllm.batches import CurriculumOrder, FocusedOrder, StratumFocus, row_losses, stratum_name
 from mathllm.chains import plant_chains
 from mathllm.checkpoints import (TRAINER_STATE, append_metrics, clean_leftovers, load_model, mode_metadata,
                                  newest_readable_checkpoint, read_metrics, remove_run, restore, save_checkpoint,
@@ -98,6 +98,8 @@ class TrainConfig:
     mix_teacher_end: float | None = None  # anneal that share linearly to this by the last step (a curriculum)
     operand_balance: float = 0.0  # oversample rare operand counts: repeat ~(largest/count)**this; 1 = equal shares
     stratum_min_share: float = 0.0  # repeat every stratum (tuple of operand lengths) to at least this share of an epoch
+    stratum_focus: float = 0.0  # draw this share of the batches from the strata with the highest loss now (mathllm.batches.StratumFocus)
+    stratum_focus_every: int = 250  # --stratum-focus: measure every stratum's loss on a fixed probe every this many steps
     prompt_loss_weight: float = 0.0  # also score the prompt tokens, at this weight (0 = completion only); > 0 lets a model finish "7+"
     planted_chains: float = 0.0  # replace this share of the two-operand additions by problems of the same lengths whose carry ripples k columns (k uniform)
     loops: int = 1  # a looped model: run the blocks this many times with shared weights, input re-added (1 = one pass)
@@ -132,6 +134,9 @@ class TrainConfig:
         _require(self.operand_balance >= 0, f"--operand-balance must be >= 0, got {self.operand_balance}")
         _require(0 <= self.stratum_min_share < 1,
                  f"--stratum-min-share must be in [0, 1), got {self.stratum_min_share}")
+        _require(0 <= self.stratum_focus <= 1, f"--stratum-focus must be in [0, 1], got {self.stratum_focus}")
+        _require(isinstance(self.stratum_focus_every, int) and self.stratum_focus_every >= 1,
+                 f"--stratum-focus-every must be a positive integer, got {self.stratum_focus_every!r}")
         _require(self.prompt_loss_weight >= 0, f"--prompt-loss-weight must be >= 0, got {self.prompt_loss_weight}")
         self._check_depth()
         for name in ("mix_teacher", "mix_teacher_end"):
@@ -158,9 +163,10 @@ class TrainConfig:
                  "--progressive-loss needs a looped model: set --loops (or --loops-max) above 1")
         _require(self.progressive_max_backprop is None or self.progressive_loss > 0,
                  "--progressive-max-backprop means something only with --progressive-loss")
-        _require(self.curriculum_start is None or not (self.operand_balance or self.stratum_min_share),
+        _require(self.curriculum_start is None or not (self.operand_balance or self.stratum_min_share
+                                                       or self.stratum_focus),
                  "--curriculum-start draws each batch afresh from the short enough examples; it does not combine "
-                 "with --operand-balance or --stratum-min-share")
+                 "with --operand-balance, --stratum-min-share or --stratum-focus")
 
     @property
     def loop_range(self) -> tuple[int, int]:
@@ -629,6 +635,10 @@ class Trainer:
         global_batch = cfg.batch_size * self.dist.world_size  # --batch-size is per process
         self.data = self.mode.training_data(train_texts, cfg, source)
         self.order = self._batch_order(self.data, global_batch)
+        self.focus = None
+        if cfg.stratum_focus:
+            self.focus = StratumFocus(self.data, cfg.stratum_focus, global_batch, cfg.seed)
+            self.order = FocusedOrder(self.order, self.focus)
         self.steps_per_epoch = self.order.steps_per_epoch
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else self.steps_per_epoch * cfg.num_epochs
         self.teacher, self.teacher_data, self.teacher_order = TrainingMode(), None, None
@@ -679,6 +689,8 @@ class Trainer:
             check_resumable(resume.trainer_state["config"], self.cfg)
             restore(resume, self.model, self.optimizer, self.scheduler, self.scaler)
             self.step, self.wandb_id = resume.step, resume.trainer_state.get("wandb_id")
+            if self.focus is not None:
+                self.focus.load_state(resume.trainer_state.get("stratum_focus"))
             self.history = [m for m in read_metrics(self.output_dir, self.log) if m["step"] <= self.step]
             self.log.info("resuming from %s (step %d of %d)", resume.path, self.step, self.total_steps)
         if self.dist.is_main:  # drop lines logged after the checkpoint we resume from
@@ -718,8 +730,30 @@ class Trainer:
             self.on_log(metrics)
 
     def _state(self, finished: bool = False) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.step // self.steps_per_epoch, "config": self.cfg.to_dict(),
-                "wandb_id": self.wandb.run_id, "finished": finished, "code_version": code_version()}
+        state = {"step": self.step, "epoch": self.step // self.steps_per_epoch, "config": self.cfg.to_dict(),
+                 "wandb_id": self.wandb.run_id, "finished": finished, "code_version": code_version()}
+        if self.focus is not None:
+            state["stratum_focus"] = self.focus.state()
+        return state
+
+    @torch.inference_mode()
+    def focus_step(self) -> dict[str, Any]:
+        """``--stratum-focus``: measure every stratum's loss on its probe, summed over each example's completion
+        tokens and averaged over the examples (for small losses about the chance of getting the example wrong, so a
+        long completion with one hard step weighs as much as a short one); return the new shares."""
+        totals: dict[tuple[int, ...], list[float]] = {}
+        self.model.eval()
+        try:
+            for s, key, rows in self.focus.probe_batches():
+                ids = self.data.groups[key][rows].to(self.device)
+                loss, _ = row_losses(self.model(ids[:, :-1]), ids, self.data.loss_masks[key][rows].to(self.device))
+                total = totals.setdefault(s, [0.0, 0.0])
+                total[0] += loss.sum().item()
+                total[1] += len(rows)
+        finally:
+            self.model.train()
+        self.focus.update({s: t[0] / max(t[1], 1.0) for s, t in totals.items()})
+        return {"step": self.step, **{f"focus_share/{stratum_name(s)}": v for s, v in self.focus.shares().items()}}
 
     def _save(self) -> Optional[Path]:
         path = None
@@ -773,6 +807,12 @@ class Trainer:
                     self.log.info("step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tok/s", self.step, self.total_steps,
                                   metrics["epoch"], metrics["loss"], metrics["lr"], metrics["tokens_per_s"])
                     window = _Window()
+                if self.focus is not None and self.step % cfg.stratum_focus_every == 0 and self.step < self.total_steps:
+                    focus = self.focus_step()  # every process measures the same weights: the same shares
+                    self._emit(focus)
+                    top = sorted(((v, k) for k, v in focus.items() if k != "step"), reverse=True)[:3]
+                    self.log.info("stratum focus step %d: %s", self.step,
+                                   ", ".join(f"{k.split('/', 1)[1]} {v:.0%}" for v, k in top))
                 pause = time.perf_counter()
                 if self.step % cfg.eval_steps == 0 or self.step == self.total_steps:
                     if main:

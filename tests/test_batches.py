@@ -175,3 +175,52 @@ def test_stratum_min_share_lifts_rare_strata_and_keeps_the_rest():
     assert min(epoch_shares(both).values()) >= 0.04
     with pytest.raises(ValueError, match="stratum_min_share"):
         LengthGroupedData.from_texts(texts, 64, stratum_min_share=1.5)
+
+
+# --- stratum focus -------------------------------------------------------------------------------
+
+def test_stratum_focus_draws_the_strata_with_the_highest_loss_at_its_share():
+    from mathllm.batches import StratumFocus, stratum
+    from mathllm.data import generate_dataset
+
+    texts = generate_dataset(num_examples=3000, max_digits=2, max_operands=3, seed=1)["train"].texts
+    data = LengthGroupedData.from_texts(texts, 64)
+    focus = StratumFocus(data, share=0.4, batch_size=16, seed=5)
+    assert all(focus.draw(step) is None for step in range(50))  # nothing measured yet
+    probed = {s for s, _, _ in focus.probe_batches()}
+    assert probed == {stratum(TOKENIZER.decode(row)) for ids in data.groups.values() for row in ids}
+    assert all(len(rows) <= 32 for _, _, rows in focus.probe_batches())
+
+    losses = {s: 0.0 for s in probed}
+    losses[(2, 1)], losses[(1, 1, 1)] = 0.3, 0.1
+    focus.update(losses)
+    assert focus.shares()[(2, 1)] == pytest.approx(0.75) and focus.shares()[(2, 2, 2)] == 0.0
+    drawn = [focus.draw(step) for step in range(2000)]
+    again = [focus.draw(step) for step in range(20)]  # a pure function of the step
+    assert all((a is None and b is None) or (a[0] == b[0] and torch.equal(a[1], b[1])) for a, b in zip(again, drawn))
+    batches = [d for d in drawn if d is not None]
+    assert 0.35 < len(batches) / len(drawn) < 0.45  # the share F of the steps
+    strata = [{data.strata[key][int(i)] for i in rows} for key, rows in batches]
+    assert all(len(s) == 1 for s in strata) and all(len(rows) == 16 for _, rows in batches)  # one stratum, one length
+    share_21 = sum(s == {(2, 1)} for s in strata) / len(strata)
+    assert 0.68 < share_21 < 0.82
+    assert all(s in ({(2, 1)}, {(1, 1, 1)}) for s in strata)  # strata at loss 0 get no focus batch
+
+    restored = StratumFocus(data, share=0.4, batch_size=16, seed=5)
+    restored.load_state(focus.state())
+    assert restored.shares() == focus.shares()
+    with pytest.raises(ValueError, match="strata not in the training data"):
+        focus.update({(5, 5): 1.0})
+    with pytest.raises(ValueError, match="--stratum-focus must be in"):
+        StratumFocus(data, share=1.5, batch_size=16, seed=5)
+
+
+def test_row_losses_sum_to_the_completion_loss():
+    from mathllm.batches import row_losses
+
+    data = LengthGroupedData.from_texts(["12+34=46<end>", "21+43=64<end>"], 16)
+    ids, mask = data.groups[9], data.loss_masks[9]
+    logits = torch.randn(2, 8, len(TOKENIZER.vocab), generator=torch.Generator().manual_seed(0))
+    total, tokens = row_losses(logits, ids, mask)
+    assert tokens.tolist() == [3.0, 3.0]
+    assert (total.sum() / tokens.sum()).item() == pytest.approx(completion_loss(logits, ids, mask).item(), rel=1e-6)

@@ -65,3 +65,25 @@ def test_the_patching_and_past_loops_plots(tmp_path):
     assert save_past_loops_png(curves, 3, drift, tmp_path / "z.png").is_file()
     with pytest.raises(KeyError):
         chain_table_rows({})
+
+
+def test_the_trace_map_has_a_row_per_task_and_the_gap_between_the_worst_trace_and_best_answer_only_seed(tmp_path):
+    from mathllm.plots import plot_trace_map, save_trace_map_png, trace_map_rows
+
+    def run(mode, seed, score):
+        return {"name": mode, "mode": mode, "seed": seed, "test_exact_match": score}
+
+    summaries = {"sub3": {"max_steps": 1000, "batch_size": 64,
+                          "runs": [run("teacher", 1, 0.99), run("teacher", 2, 0.97), run("answer-only", 1, 0.6),
+                                   run("answer-only", 2, 0.5)]},
+                 "mul2": {"max_steps": 1500, "batch_size": 64,
+                          "runs": [run("teacher", 1, 0.4), run("answer-only", 1, 0.45),
+                                   {"name": "answer-only", "mode": "answer-only", "seed": 2, "test_exact_match": None}]}}
+    rows = trace_map_rows(summaries)
+    assert [r["task"] for r in rows] == ["sub3", "mul2"]
+    assert rows[0]["teacher"]["mean"] == pytest.approx(0.98) and rows[0]["gap"] == pytest.approx(0.97 - 0.6)
+    assert rows[1]["answer-only"]["seeds"] == [0.45] and rows[1]["gap"] == pytest.approx(-0.05)
+    fig = plot_trace_map(summaries)
+    assert [t.name for t in fig.data][:2] == ["with the trace", "with the trace: seeds"]
+    assert list(fig.data[0].y) == pytest.approx([0.98, 0.4]) and list(fig.data[3].y) == [0.6, 0.5, 0.45]
+    assert save_trace_map_png(summaries, tmp_path / "m.png").stat().st_size > 1000

@@ -56,6 +56,9 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     ({"threads": 0}, "--threads must be >= 1"),
     ({"operand_balance": -1.0}, "--operand-balance must be >= 0"),
     ({"prompt_loss_weight": -1.0}, "--prompt-loss-weight must be >= 0"),
+    ({"stratum_focus": 1.5}, r"--stratum-focus must be in \[0, 1\]"),
+    ({"stratum_focus": 0.5, "stratum_focus_every": 0}, "--stratum-focus-every must be a positive integer"),
+    ({"stratum_focus": 0.5, "curriculum_start": 1}, "does not combine"),
     ({"mix_teacher": 1.5, "mode": "gumbel"}, r"--mix-teacher must be in \[0, 1\]"),
     ({"mix_teacher_end": -0.1, "mode": "gumbel"}, r"--mix-teacher-end must be in \[0, 1\]"),
     ({"mix_teacher": 0.5}, "it means nothing with --mode teacher"),
@@ -235,6 +238,23 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_dataset, tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     steps = [m["step"] for m in read_metrics(tmp_path / "resumed") if "loss" in m]
     assert steps == [5, 10, 15, 20]
+
+
+def test_a_run_with_stratum_focus_measures_the_strata_and_resumes_to_the_same_weights(tiny_dataset, tmp_path):
+    settings = dict(stratum_focus=0.5, stratum_focus_every=7)
+    train(tiny_config(tiny_dataset, tmp_path / "straight", **settings), console_log=False)
+    cfg = tiny_config(tiny_dataset, tmp_path / "resumed", **settings)
+    assert train(cfg, on_log=_StopAt(15), console_log=False).interrupted
+    state = json.loads((tmp_path / "resumed" / "checkpoint-15" / "trainer_state.json").read_text())
+    assert set(state["stratum_focus"]) >= {"2+2", "2+2+2"} and all(v > 0 for v in state["stratum_focus"].values())
+    assert train(cfg, console_log=False).step == 20
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    shares = [m for m in read_metrics(tmp_path / "straight") if any(k.startswith("focus_share/") for k in m)]
+    assert [m["step"] for m in shares] == [7, 14]
+    assert all(sum(v for k, v in m.items() if k != "step") == pytest.approx(1.0) for m in shares)
+    train(tiny_config(tiny_dataset, tmp_path / "plain"), console_log=False)
+    assert any(not torch.equal(straight[k], weights(tmp_path / "plain")[k]) for k in straight)
 
 
 def test_resume_with_other_settings_is_refused(tiny_dataset, tmp_path):
