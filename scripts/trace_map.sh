@@ -8,14 +8,13 @@
 #
 # One training at a time, one thread each (OMP_NUM_THREADS=1, --threads 1). Runs train into checkpoints/map/<row>/
 # (git-ignored); each row's results, with its exact command, the code version and every run's learning curve and
-# test results, go to docs/experiments/trace_map/<row>.json (scripts/modes_experiment.py's summary). The row
-# "mul3_full" is the shipped checkpoints/mul3_cot (operands of 1-3 digits, 5,000 steps) against an answer-only run of
-# the same config, one seed each.
+# test results, go to docs/experiments/trace_map/<row>.json (scripts/modes_experiment.py's summary); notebook 10
+# reads them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${MATHLLM_PYTHON:-$(bash scripts/setup.sh)}"
 export OMP_NUM_THREADS=1
-ROWS="${ROWS:-sub3 sub4 mul2 mul3 mul4 mul3_full}"
+ROWS="${ROWS:-sub3 sub4 mul2 mul3 mul4}"
 OUT=docs/experiments/trace_map
 mkdir -p "$OUT"
 COMMON=(--model-size mini --seeds 1 2 --modes teacher answer-only --analyse-examples 0 --threads 1
@@ -41,27 +40,6 @@ for r in $ROWS; do
         mul2) row mul2 mul 2 8100 1500 64 ;;
         mul3) row mul3 mul 3 100000 1200 64 ;;
         mul4) row mul4 mul 4 50000 1000 32 --max-length 256 ;;
-        mul3_full)
-            "$PY" scripts/generate_data.py --config configs/mul3_cot.json --quiet
-            "$PY" scripts/train.py --config configs/mul3_cot.json --threads 1 --no-progress
-            "$PY" scripts/train.py --config configs/mul3_cot.json --mode answer-only \
-                --output-dir checkpoints/map/mul3_full/answer-only-seed42 --threads 1 --no-progress
-            "$PY" - "$OUT/mul3_full.json" <<'PY'
-import json, sys
-from mathllm.checkpoints import read_metrics
-runs = []
-for name, mode, path in [("teacher", "teacher", "checkpoints/mul3_cot"),
-                         ("answer-only", "answer-only", "checkpoints/map/mul3_full/answer-only-seed42")]:
-    tests = json.load(open(f"{path}/test_results.json"))
-    record = json.load(open(f"{path}/training_config.json"))
-    runs.append({"name": name, "mode": mode, "seed": 42, "output_dir": path, "config": record["config"],
-                 "code_version": record["code_version"], "test_exact_match": tests["exact_match"],
-                 "test_results": {k: v for k, v in tests.items() if k != "failures"},
-                 "learning_curve": read_metrics(path)})
-json.dump({"command": "ROWS=mul3_full bash scripts/trace_map.sh (scripts/train.py --config configs/mul3_cot.json, "
-                      "and the same with --mode answer-only)", "runs": runs}, open(sys.argv[1], "w"), indent=1)
-PY
-            ;;
-        *) echo "unknown row $r (known: sub3 sub4 mul2 mul3 mul4 mul3_full)" >&2; exit 2 ;;
+        *) echo "unknown row $r (known: sub3 sub4 mul2 mul3 mul4)" >&2; exit 2 ;;
     esac
 done
