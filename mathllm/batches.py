@@ -172,8 +172,9 @@ def _strata(labels_by_key: dict[Any, list[tuple[int, tuple[int, ...]]]],
     return {key: [s for _, s in labels_by_key[key]] for key in groups}
 
 
-def stratum_name(s: tuple[int, ...]) -> str:
-    """``stratum_name((2, 1)) == "2+1"``: the name the evaluation reports a stratum under."""
+def stratum_label(s: tuple[int, ...]) -> str:
+    """``stratum_label((2, 1)) == "2+1"``: a stratum as the focus logs and saves it (for every operation joined by
+    ``+``; ``mathllm.evaluate.stratum_name`` names a problem's stratum with its own operator)."""
     return "+".join(map(str, s))
 
 
@@ -324,13 +325,13 @@ class StratumFocus:
 
     def state(self) -> dict[str, float] | None:
         """What a resumed run needs (saved with every checkpoint): the last measured losses by stratum name."""
-        return None if self.losses is None else {stratum_name(s): v for s, v in self.losses.items()}
+        return None if self.losses is None else {stratum_label(s): v for s, v in self.losses.items()}
 
     def load_state(self, state: dict[str, float] | None) -> None:
         if state is None:
             self.losses = None
             return
-        by_name = {stratum_name(s): s for s in self.rows}
+        by_name = {stratum_label(s): s for s in self.rows}
         self.update({by_name[name]: v for name, v in state.items()})
 
 
@@ -395,6 +396,6 @@ def row_losses(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor)
     return (losses.view_as(mask) * mask).sum(dim=1), mask.sum(dim=1)
 
 
-__all__ = ["BatchOrder", "CurriculumOrder", "FocusedOrder", "StratumFocus", "row_losses", "stratum_name", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
+__all__ = ["BatchOrder", "CurriculumOrder", "FocusedOrder", "StratumFocus", "row_losses", "stratum_label", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
            "num_operands",
            "prompt_targets", "stratum"]

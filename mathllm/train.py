@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from mathllm.batches import CurriculumOrder, FocusedOrder, StratumFocus, row_losses, stratum_name
+from mathllm.batches import CurriculumOrder, FocusedOrder, StratumFocus, row_losses, stratum_label
 from mathllm.chains import plant_chains
 from mathllm.checkpoints import (TRAINER_STATE, append_metrics, clean_leftovers, load_model, mode_metadata,
                                  newest_readable_checkpoint, read_metrics, remove_run, restore, save_checkpoint,
@@ -753,7 +753,7 @@ class Trainer:
         finally:
             self.model.train()
         self.focus.update({s: t[0] / max(t[1], 1.0) for s, t in totals.items()})
-        return {"step": self.step, **{f"focus_share/{stratum_name(s)}": v for s, v in self.focus.shares().items()}}
+        return {"step": self.step, **{f"focus_share/{stratum_label(s)}": v for s, v in self.focus.shares().items()}}
 
     def _save(self) -> Optional[Path]:
         path = None
