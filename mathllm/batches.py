@@ -310,8 +310,9 @@ class StratumFocus:
         gen = torch.Generator().manual_seed((self.seed * 2_147_483_647 + step * 104_729 + 17) % (2**63 - 1))
         if float(torch.rand((), generator=gen)) >= self.share:
             return None
-        strata = list(self.rows)
-        weights = torch.tensor([self.shares()[s] for s in strata], dtype=torch.float64)
+        shares = self.shares()
+        strata = list(shares)
+        weights = torch.tensor([shares[s] for s in strata], dtype=torch.float64)
         s = strata[int(torch.multinomial(weights, 1, generator=gen))]
         parts = self.rows[s]
         sizes = torch.tensor([len(idx) for _, idx in parts], dtype=torch.float64)
@@ -379,8 +380,7 @@ def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Te
     ``normalize`` turns a token count into the mean's divisor: under data parallelism the trainer divides by the
     count over every process, so that N processes x B/N examples give one process x B's gradient.
     """
-    targets = ids[:, 1:]
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    losses = token_losses(logits, ids)
     mask = loss_mask.flatten().float()
     loss = (losses * mask).sum() / normalize(mask.sum())
     if prompt_weight:
@@ -389,13 +389,18 @@ def completion_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Te
     return loss
 
 
+def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every target ``ids[:, 1:]``, flat ``[b * (L-1)]`` (logits ``[b, L-1, V]``, in float32)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+
+
 def row_losses(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(summed cross-entropy, scored tokens)`` per row ``[b]``, over the completion targets (``loss_mask``)."""
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    losses = token_losses(logits, ids)
     mask = loss_mask.float()
     return (losses.view_as(mask) * mask).sum(dim=1), mask.sum(dim=1)
 
 
-__all__ = ["BatchOrder", "CurriculumOrder", "FocusedOrder", "StratumFocus", "row_losses", "stratum_label", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
+__all__ = ["BatchOrder", "CurriculumOrder", "FocusedOrder", "StratumFocus", "row_losses", "stratum_label", "token_losses", "LengthGroupedData", "completion_loss", "completion_mask", "example_repeats", "local_count",
            "num_operands",
            "prompt_targets", "stratum"]
