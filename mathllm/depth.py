@@ -131,4 +131,34 @@ def curves_table(curves: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     return {"table": table}
 
 
-__all__ = ["curves_table", "evaluate_chains", "format_chains", "format_curves", "iteration_curves"]
+def format_experiment(summary: Mapping[str, Any]) -> str:
+    """A looped experiment's table (``scripts/looped_experiment.py``'s summary) as text: one row per run, with its
+    seeds, parameters, iterations, steps, seconds per step, and exact match on the uniform set and on the worst
+    carry-chain length (mean over the seeds, the worst seed in brackets), and the same weights run once (``L=1``).
+
+    >>> row = {"seeds": [0, 1], "parameters": 406272, "loops": 4, "train_steps": 2500, "seconds_per_step": 0.18,
+    ...        "uniform": {"mean": 0.95, "min": 0.94, "max": 0.96}, "min_k": {"mean": 0.9, "min": 0.86, "max": 0.94},
+    ...        "same_weights_L1_uniform": {"mean": 0.0, "min": 0.0, "max": 0.0}}
+    >>> print(format_experiment({"table": {"looped-chains": row}}))
+    run                    seeds     params  L  steps  s/step  uniform           worst k           same weights L=1
+    looped-chains          0,1      406,272  4   2500   0.180  95.0% (94.0%)     90.0% (86.0%)      0.0%
+    """
+    def cell(value: Optional[Mapping[str, float]]) -> str:
+        if not value:
+            return "-"
+        return f"{value['mean']:.1%}" + (f" ({value['min']:.1%})" if value["min"] != value["mean"] else "")
+
+    lines = [f"{'run':<22} {'seeds':<6} {'params':>9} {'L':>2} {'steps':>6} {'s/step':>7}  {'uniform':<17} "
+             f"{'worst k':<17} same weights L=1"]
+    for name, row in summary["table"].items():
+        seeds = ",".join(str(s) for s in row.get("seeds", []))
+        params = f"{row['parameters']:,}" if row.get("parameters") else "-"
+        sps = f"{row['seconds_per_step']:.3f}" if row.get("seconds_per_step") else "-"
+        same = cell(row.get("same_weights_L1_uniform")) if row.get("loops", 1) and row.get("loops", 1) > 1 else ""
+        lines.append(f"{name:<22} {seeds:<6} {params:>9} {row.get('loops') or 1:>2} {row.get('train_steps') or 0:>6} "
+                     f"{sps:>7}  {cell(row.get('uniform')):<17} {cell(row.get('min_k')):<17} {same:>5}".rstrip())
+    return "\n".join(lines)
+
+
+__all__ = ["curves_table", "evaluate_chains", "format_chains", "format_curves", "format_experiment",
+           "iteration_curves"]

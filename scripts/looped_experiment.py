@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the plan and its configs, train nothing")
     p.add_argument("--stop-on-error", action="store_true")
     args = p.parse_args(argv)
-    names = args.runs or DEFAULT_RUNS
+    names = list(dict.fromkeys(args.runs or DEFAULT_RUNS))  # a name or seed given twice is one run
+    args.seeds = list(dict.fromkeys(args.seeds))
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         raise ValueError(f"unknown run(s) {', '.join(unknown)}; the plan has {', '.join(RUNS)}")
