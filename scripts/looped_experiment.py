@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -196,7 +197,24 @@ def table(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _interrupt(signum, frame) -> None:  # noqa: ARG001 - SIGTERM between trainings (measuring): stop as Ctrl-C does
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The experiment; a SIGTERM while a run is measured would end the process before the summary is written, so it
+    is an interrupt here, as Ctrl-C is (the trainer installs its own handler while it trains and puts this one back)."""
+    try:
+        old = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread
+        return _main(argv)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="add8", choices=list(TASKS))
     p.add_argument("--runs", nargs="+", default=None, help=f"runs of the plan (default: {' '.join(DEFAULT_RUNS)})")
