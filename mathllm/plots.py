@@ -11,6 +11,7 @@ reasoning without instructions (08), latent reasoning in depth (09), which tasks
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -788,13 +789,16 @@ __all__ = [*__all__, "plot_mode_comparison", "plot_mode_learning_curves", "save_
 def chain_table_rows(summary: Mapping[str, Any], which: str = "") -> tuple[list[str], list[str], np.ndarray,
                                                                              np.ndarray]:
     """``(run names, columns, mean [run, column], min [run, column])`` of a looped experiment's table: the uniform
-    set and each carry-chain length k, mean and min over the seeds (``which="same_weights_L1_"``: the same weights
-    run once)."""
+    set and each carry-chain length k (or each stratum, ``3*3``, for multiplication), mean and min over the seeds
+    (``which="same_weights_L1_"``: the same weights run once)."""
     table = summary["table"]
     names = [n for n, row in table.items() if row.get(f"{which}uniform")]
     ks = sorted({int(key[len(which) + 1:]) for row in table.values() for key in row
                  if key.startswith(f"{which}k") and key[len(which) + 1:].isdigit()})
-    columns = ["uniform"] + [f"k{k}" for k in ks]
+    strata = sorted({key[len(which):] for row in table.values() for key in row  # multiplication: "3*3", ...
+                     if key.startswith(which) and re.fullmatch(r"\d+(\*\d+)+", key[len(which):])},
+                    key=lambda name: [int(part) for part in name.split("*")])
+    columns = ["uniform"] + [f"k{k}" for k in ks] + strata
     mean = np.full((len(names), len(columns)), np.nan)
     low = np.full_like(mean, np.nan)
     for i, name in enumerate(names):

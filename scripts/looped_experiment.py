@@ -20,6 +20,7 @@ one-pass-uniform           the same block run once, the same examples
 one-pass-uniform-flops     run once with L x the steps (and the curriculum stretched L x): equal FLOPs
 untied-uniform             2L untied layers run once (the looped model's depth, L x the parameters)
 loops-random-uniform       looped, L drawn per batch in 2..2L, progressive loss (alpha 0.5, k <= L)
+loops-random-chains        the same, planted chains (does it settle to a fixed point past L?)
 trace-uniform              the human trace, teacher-forced (the same 2-layer block, one pass): the reference
 answer-only-uniform        the answer written digit by digit, most significant first (no slots)
 pause-uniform              8 <pause> tokens before the answer
@@ -36,6 +37,13 @@ state settle past L?), with the logit lens after every layer of every iteration 
 rewritten after every run) holds the command, the code version, every run's config, seed, times and results, and a
 table per run name over the seeds. A run that already finished is read back (``--overwrite`` retrains), an
 interrupted one resumes.
+
+``--task mul3`` (the issue's second candidate, 3x3-digit multiplication) runs the same plan on ``mathllm.data``'s
+multiplication data (204,000 distinct problems, the shapes 1*1 .. 3*3 balanced up to their number of problems, 80/10/10
+split), 5,000 steps, a curriculum from 1-digit operands (one more digit every 500 steps); there are no carry chains,
+so each run is measured by stratum (operand lengths): the first 2,000 test problems and up to 300 of each stratum
+(``mathllm.depth.stratum_sets``, ``strata_results.json``), at its L, at L = 1 and per iteration; the ``-chains`` runs
+do not apply.
 """
 
 from __future__ import annotations
@@ -54,7 +62,8 @@ from typing import Any
 from mathllm.chains import uniform_dataset, write_examples
 from mathllm.checkpoints import load, read_metrics, seconds_per_step
 from mathllm.cli import run_cli
-from mathllm.depth import evaluate_chains, format_chains, iteration_curves
+from mathllm.data import generate_dataset, load_split, write_dataset
+from mathllm.depth import evaluate_chains, evaluate_strata, format_chains, format_strata, iteration_curves, stratum_sets
 from mathllm.interp.iterations import chain_problem_sets, fit_steps, iteration_lens
 from mathllm.train import TrainConfig, train
 from mathllm.utils import atomic_write_json, code_version
@@ -64,6 +73,12 @@ TASKS: dict[str, dict[str, Any]] = {
     "add6": {"max_digits": 6, "num_examples": 204_000, "max_steps": 2500, "curriculum_interval": 250},
     "add4": {"max_digits": 4, "num_examples": 204_000, "max_steps": 3000, "curriculum_interval": 300},
     "smoke": {"max_digits": 3, "num_examples": 3_000, "max_steps": 12, "curriculum_interval": 4},
+    # 3x3-digit multiplication (the issue's second candidate): mathllm.data's balanced shapes 1*1 .. 3*3, measured by
+    # stratum (operand lengths), curriculum from 1-digit operands; a longer budget: one pass is far from solving it
+    "mul3": {"operation": "mul", "max_digits": 3, "num_examples": 204_000, "max_steps": 5000, "curriculum_interval": 500,
+             "curriculum_start": 1, "max_length": 192},
+    "smoke-mul": {"operation": "mul", "max_digits": 2, "num_examples": 3_000, "max_steps": 12, "curriculum_interval": 4,
+                  "curriculum_start": 1, "max_length": 192},
 }
 BLOCK = {"model_size": "tiny", "d_model": 128, "d_mlp": 512, "n_heads": 4, "n_layers": 2}
 SLOTS = {"mode": "answer-slots"}  # + pad_operands = N
@@ -76,6 +91,8 @@ RUNS: dict[str, dict[str, Any]] = {
     "untied-uniform": {**SLOTS, "loops": 1, "n_layers": "2L"},
     "loops-random-uniform": {**SLOTS, "loops": "L", "loops_min": 2, "loops_max": "2L", "progressive_loss": 0.5,
                              "progressive_max_backprop": "L"},
+    "loops-random-chains": {**SLOTS, "loops": "L", "loops_min": 2, "loops_max": "2L", "progressive_loss": 0.5,
+                            "progressive_max_backprop": "L", "planted_chains": 0.3},
     "trace-uniform": {"mode": "teacher", "loops": 1},
     "answer-only-uniform": {"mode": "answer-only", "loops": 1},
     "pause-uniform": {"mode": "pause", "think_tokens": "8", "loops": 1},
@@ -110,9 +127,10 @@ def run_config(name: str, task: str, seed: int, loops: int, data_dir: Path, outp
         **BLOCK, "data_dir": str(data_dir), "output_dir": str(output_dir), "seed": seed, "device": device,
         "threads": threads, "batch_size": 64, "learning_rate": 1e-3, "warmup_steps": min(200, steps // 4) * times,
         "max_steps": steps * times, "eval_steps": steps * times, "save_steps": 500, "logging_steps": 100,
-        "eval_examples": 256, "eval_loss_examples": 500, "eval_batch_size": 256, "max_length": 128,
+        "eval_examples": 256, "eval_loss_examples": 500, "eval_batch_size": 256, "max_length": t.get("max_length", 128),
         "bf16": device == "cpu", "wandb": False, "progress": False,
-        "curriculum_start": min(3, t["max_digits"]), "curriculum_interval": t["curriculum_interval"] * times,
+        "curriculum_start": t.get("curriculum_start", min(3, t["max_digits"])),
+        "curriculum_interval": t["curriculum_interval"] * times,
     }
     if slots:
         cfg["pad_operands"] = t["max_digits"]
@@ -121,15 +139,47 @@ def run_config(name: str, task: str, seed: int, loops: int, data_dir: Path, outp
 
 
 def ensure_data(task: str, data_root: Path, seed: int = 0) -> Path:
-    """The task's uniform data directory, made once (``mathllm.chains.uniform_dataset``)."""
+    """The task's uniform data directory, made once (``mathllm.chains.uniform_dataset``; multiplication:
+    ``mathllm.data.generate_dataset``, shapes balanced, 80/10/10 split)."""
     t = TASKS[task]
     out = data_root / f"looped_{task}_uniform"
     if (out / "meta.json").is_file():
+        return out
+    if t.get("operation"):
+        print(f"making {out} ({t['num_examples']:,} problems, {t['operation']})", flush=True)
+        write_dataset(generate_dataset(num_examples=t["num_examples"], max_digits=t["max_digits"], seed=seed,
+                                       fmt="cot", operation=t["operation"]), out)
         return out
     args = {"num_examples": t["num_examples"], "max_digits": t["max_digits"], "seed": seed, "fmt": "cot",
             "val_examples": 2000 if task != "smoke" else 200, "test_examples": 2000 if task != "smoke" else 200}
     print(f"making {out} ({args['num_examples']:,} problems)", flush=True)
     write_examples(uniform_dataset(**args), out, {"generator": "mathllm.chains.uniform_dataset", **args})
+    return out
+
+
+def measure_strata(run_dir: Path, data_dir: Path, per_stratum: int, n_uniform: int, looped: bool) -> dict[str, Any]:
+    """``measure`` for a task without carry chains (multiplication): the first ``n_uniform`` problems of the test split
+    and up to ``per_stratum`` of each stratum (``mathllm.depth.stratum_sets``), at the run's L, at L = 1, and per
+    iteration 1..2L (looped runs)."""
+    cached = run_dir / "strata_results.json"
+    key = {"per_stratum": per_stratum, "n_uniform": n_uniform, "split": str(data_dir / "test.jsonl")}
+    if cached.is_file():
+        old = json.loads(cached.read_text())
+        if old.get("sets") == key:
+            return old
+    trained = load(run_dir, device="cpu")
+    sets = stratum_sets(load_split(data_dir / "test.jsonl"), per_stratum, n_uniform)
+    trained_loops = trained.model.cfg.n_loops
+    out: dict[str, Any] = {"sets": key, "trained_loops": trained_loops}
+    start = time.perf_counter()
+    out["at_trained_loops"] = evaluate_strata(trained, sets)
+    print(format_strata(out["at_trained_loops"]), flush=True)
+    if trained_loops > 1:
+        out["at_one_loop"] = evaluate_strata(trained, sets, loops=1)
+    if looped:
+        out["per_iteration"] = iteration_curves(trained, 0, 2 * trained_loops, sets=sets, progress=False)
+    out["eval_seconds"] = time.perf_counter() - start
+    atomic_write_json(cached, out)
     return out
 
 
@@ -168,6 +218,10 @@ def measure(run_dir: Path, max_digits: int, loops: int, per_k: int, n_uniform: i
 def _cells(result: dict[str, Any] | None) -> dict[str, Any]:
     if not result:
         return {}
+    if "by_stratum" in result:  # multiplication: strata (operand lengths) instead of carry chains
+        w = result.get("worst_stratum")
+        return {"uniform": result["uniform"]["exact_match"], "worst_stratum": w["exact_match"] if w else None,
+                **{name: v["exact_match"] for name, v in result["by_stratum"].items()}}
     chains = result["by_carry_chain"]
     return {"uniform": result["uniform"]["exact_match"],
             "min_k": min((v["exact_match"] for v in chains.values()), default=None),
@@ -224,7 +278,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data", help="where the task's data directory is made (default: data)")
     p.add_argument("--output-root", default="checkpoints/looped", help="runs go to OUTPUT_ROOT/TASK/NAME-seedS")
     p.add_argument("--summary", default=None, help="default: docs/experiments/looped_TASK.json")
-    p.add_argument("--per-k", type=int, default=300, help="test problems per carry-chain length (default 300)")
+    p.add_argument("--per-k", type=int, default=300,
+                   help="test problems per carry-chain length, or per stratum for multiplication (default 300)")
     p.add_argument("--n-uniform", type=int, default=2000, help="uniform test problems (default 2000)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -291,8 +346,11 @@ def _main(argv: list[str] | None = None) -> int:
                                "test_exact_match": (result.test_results or {}).get("exact_match"),
                                "learning_curve": [m for m in history if "val_exact_match" in m]})
                 looped = cfg.loops > 1
-                record["results"] = measure(out_dir, task["max_digits"], cfg.loops, args.per_k, args.n_uniform,
-                                            looped)
+                if task.get("operation"):
+                    record["results"] = measure_strata(out_dir, data_dir, args.per_k, args.n_uniform, looped)
+                else:
+                    record["results"] = measure(out_dir, task["max_digits"], cfg.loops, args.per_k, args.n_uniform,
+                                                looped)
                 record["wall_seconds"] = time.perf_counter() - start
             except KeyboardInterrupt:
                 record["error"] = "interrupted"
@@ -312,9 +370,9 @@ def _main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         print(f"\nwrote {summary_path}")
         for name, row in table(runs).items():
-            u, k = row.get("uniform"), row.get("min_k")
+            u, k = row.get("uniform"), row.get("min_k") or row.get("worst_stratum")
             print(f"{name:<26} seeds {row['seeds']}  uniform {u['mean'] if u else float('nan'):.4f}  "
-                  f"worst k {k['mean'] if k else float('nan'):.4f}")
+                  f"worst k/stratum {k['mean'] if k else float('nan'):.4f}")
     return 1 if failed else 0
 
 

@@ -68,3 +68,26 @@ def test_two_seeds_of_two_runs_make_one_summary_and_a_rerun_reads_them_back(tmp_
     assert (tmp_path / "runs" / "smoke" / "looped-chains-seed0" / "model.safetensors").stat().st_mtime_ns == weights
     assert again["table"]["looped-chains"] == first["table"]["looped-chains"]
     assert again["earlier_commands"] == [first["command"]]
+
+
+def test_multiplication_runs_are_measured_by_stratum(tmp_path):
+    script = _script()
+    cfg = script.run_config("looped-uniform", "mul3", 0, 4, Path("d"), Path("o"))
+    assert cfg.curriculum_start == 1 and cfg.mode_settings == {"pad_operands": 3} and cfg.max_steps == 5000
+    assert script.run_config("trace-uniform", "mul3", 0, 4, Path("d"), Path("o")).max_length == 192
+    summary = tmp_path / "looped_mul.json"
+    argv = ["--task", "smoke-mul", "--runs", "looped-uniform", "one-pass-uniform", "--seeds", "0", "--loops", "2",
+            "--data-root", str(tmp_path / "data"), "--output-root", str(tmp_path / "runs"),
+            "--summary", str(summary), "--per-k", "20", "--n-uniform", "30"]
+    assert script.main(argv) == 0
+    meta = json.loads((tmp_path / "data" / "looped_smoke-mul_uniform" / "meta.json").read_text())
+    assert "mul" in json.dumps(meta)
+    result = json.loads(summary.read_text())
+    looped = result["runs"][0]["results"]
+    assert looped["sets"]["per_stratum"] == 20 and looped["at_trained_loops"]["uniform"]["count"] == 30
+    assert sorted(looped["at_trained_loops"]["by_stratum"]) == ["1*1", "1*2", "2*1", "2*2"]
+    assert len(looped["per_iteration"]["2*2"]) == 4 and "at_one_loop" in looped  # iterations 1..2L; L = 1
+    assert (tmp_path / "runs" / "smoke-mul" / "looped-uniform-seed0" / "strata_results.json").is_file()
+    row = result["table"]["looped-uniform"]
+    assert "worst_stratum" in row and "2*2" in row and "min_k" not in row
+    assert "worst stratum" in format_experiment(result).splitlines()[0]
