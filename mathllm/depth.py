@@ -11,7 +11,7 @@ is used the way its training mode says (``TrainedModel``), at any number of iter
 looped model past its trained count, or a one-pass model looped, is allowed and measured, not assumed to work).
 For tasks without carry chains (multiplication), ``stratum_sets`` cuts a test split into the first ``n_uniform``
 problems and up to ``per_stratum`` of each stratum (operand lengths, ``3*3``), and ``evaluate_strata`` /
-``iteration_curves(..., examples=...)`` measure those the same way.
+``iteration_curves(..., sets=...)`` measure those the same way.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def stratum_sets(examples: Sequence[Mapping[str, Any]], per_stratum: int = 300,
     """
     by: dict[str, list[Mapping[str, Any]]] = {}
     for ex in examples:
-        group = by.setdefault(stratum_name(ex["text"].split("=", 1)[0] + "="), [])
+        group = by.setdefault(stratum_name(ex["prompt"]), [])
         if len(group) < per_stratum:
             group.append(ex)
     order = sorted(by, key=lambda name: [int(part) for part in re.split(r"\D", name) if part])
